@@ -1,0 +1,370 @@
+//! Configuration: figment layers (defaults < `ingestd.toml` < `pipelines/*.toml` <
+//! `INGESTD_*` environment), parsed into typed structs and then validated by a pure step.
+//!
+//! Every problem is reported as `file: key: reason`, so `ingestd check` and a refused
+//! start say exactly what to fix. Nothing here does network I/O.
+
+mod load;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+pub use load::{LoadedConfig, load};
+pub use secret::Secret;
+
+use crate::sinks::SinkConfig;
+
+/// The whole configuration of one ingestd process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where events come from and where dead letters and aggregates go.
+    pub redis: RedisConfig,
+    /// How the source reads and decodes messages.
+    pub source: SourceConfig,
+    /// The one HTTP listener: metrics, health, leaderboards.
+    pub http: HttpConfig,
+    /// Log format and filter.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// The dead-letter stream.
+    pub dead_letter: DeadLetterConfig,
+    /// Pipelines by name; each `pipelines/NAME.toml` file defines `pipelines.NAME`.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Connection URL, `redis://` or `rediss://` (TLS). Credentials in the URL are
+    /// redacted in logs; prefer `username` + `password` from the environment.
+    pub url: Secret,
+    /// ACL user name (Redis 6+); empty for the default user.
+    pub username: Option<String>,
+    /// Password; set it through `INGESTD_REDIS__PASSWORD`, never in a committed file.
+    pub password: Option<Secret>,
+    /// A file holding the password (e.g. a mounted Kubernetes secret).
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> RedisConfig {
+        RedisConfig {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            username: None,
+            password: None,
+            password_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// SUBSCRIBE/PSUBSCRIBE: lowest latency; Redis keeps nothing for absent subscribers.
+    Pubsub,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `pubsub`.
+    pub kind: SourceKind,
+    /// Messages larger than this are dead-lettered as `too_large`.
+    pub max_event_bytes: ByteSize,
+    /// First delay before reconnecting after a disconnect.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Longest delay between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> SourceConfig {
+        SourceConfig {
+            kind: SourceKind::Pubsub,
+            max_event_bytes: ByteSize::kib(64),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: String,
+    /// Serve `/leaderboards/{board}` and `/rate/{user_id}`.
+    pub aggregates_api: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: "0.0.0.0:9000".to_string(),
+            aggregates_api: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `ingestd=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long queues and batches may take to flush before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> ShutdownConfig {
+        ShutdownConfig {
+            deadline: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Redis stream that receives rejected events.
+    pub stream: String,
+    /// Approximate cap of the stream (`XADD ... MAXLEN ~`).
+    pub max_len: u64,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> DeadLetterConfig {
+        DeadLetterConfig {
+            stream: "ingestd:dead-letter".to_string(),
+            max_len: 1_000_000,
+        }
+    }
+}
+
+/// What a rate counter does with events over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Count them in `ingestd_rate_limited_events_total`, deliver them normally.
+    #[default]
+    Count,
+    /// Count them and keep them out of the pipeline's other sinks.
+    Drop,
+    /// Count them and store them with `data.rate_limited = true`.
+    Tag,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Channels to SUBSCRIBE to.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Glob patterns to PSUBSCRIBE to (e.g. `events.*`).
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// What a rate counter sink does with events over its limit.
+    #[serde(default)]
+    pub on_limit: OnLimit,
+    /// Sinks by name; each sink table holds exactly one kind table (`mongodb = {..}`).
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// Closes a batch at whichever comes first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    pub max_events: usize,
+    pub max_bytes: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> BatchConfig {
+        BatchConfig {
+            max_events: 500,
+            max_bytes: ByteSize::mib(4),
+            linger: Duration::from_millis(50),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    pub max_attempts: usize,
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Give up (dead-letter) once a batch has been retried this long.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> RetryConfig {
+        RetryConfig {
+            max_attempts: 12,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_elapsed: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Make the source wait (the source stops reading: Redis may drop a slow subscriber).
+    Block,
+    /// Discard the oldest queued event, counted in `ingestd_sink_dropped_events_total`.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Events held in memory for this sink.
+    pub capacity: usize,
+    /// `block` or `drop_oldest`.
+    pub when_full: WhenFull,
+}
+
+impl Default for QueueConfig {
+    fn default() -> QueueConfig {
+        QueueConfig {
+            capacity: 20_000,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The file (or `environment`/`defaults`) that set the key.
+    pub origin: String,
+    /// Dotted key, e.g. `pipelines.analytics.sinks.mongodb.batch.linger`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}: {}: {}", self.origin, self.key, self.reason)
+    }
+}
+
+/// All problems of a configuration, one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                writeln!(formatter)?;
+            }
+            write!(formatter, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Semantic checks that serde cannot express. Pure: no I/O.
+    /// Returns `(key, reason)` pairs; the loader adds the file of each key.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.pipelines.is_empty() {
+            problems.push((
+                "pipelines".to_string(),
+                "no pipeline is defined: add a pipelines/NAME.toml file (see pipelines/analytics.toml)"
+                    .to_string(),
+            ));
+        }
+        if self.source.max_event_bytes.as_u64() == 0 {
+            problems.push((
+                "source.max_event_bytes".to_string(),
+                "must be greater than 0 (e.g. \"64KiB\")".to_string(),
+            ));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push((
+                "http.listen".to_string(),
+                format!(
+                    "{:?} is not an address (e.g. \"0.0.0.0:9000\")",
+                    self.http.listen
+                ),
+            ));
+        }
+        if self.dead_letter.stream.is_empty() {
+            problems.push((
+                "dead_letter.stream".to_string(),
+                "must not be empty".to_string(),
+            ));
+        }
+        for (pipeline_name, pipeline) in &self.pipelines {
+            let prefix = format!("pipelines.{pipeline_name}");
+            if pipeline.channels.is_empty() && pipeline.patterns.is_empty() {
+                problems.push((
+                    format!("{prefix}.channels"),
+                    "the pipeline reads nothing: set channels or patterns".to_string(),
+                ));
+            }
+            if pipeline.sinks.is_empty() {
+                problems.push((
+                    format!("{prefix}.sinks"),
+                    "the pipeline has no sink".to_string(),
+                ));
+            }
+            for (sink_name, sink) in &pipeline.sinks {
+                let sink_prefix = format!("{prefix}.sinks.{sink_name}");
+                for (key, reason) in sink.validate() {
+                    problems.push((format!("{sink_prefix}.{key}"), reason));
+                }
+            }
+        }
+        problems
+    }
+}
