@@ -11,6 +11,7 @@ pub mod file;
 pub mod leaderboard;
 pub mod mongodb;
 pub mod rate_counter;
+pub mod redis_aggregate;
 
 use std::fmt;
 use std::sync::Arc;
