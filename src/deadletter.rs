@@ -53,7 +53,8 @@ pub fn spawn_writer(
     stream: String,
     max_len: u64,
 ) -> (DeadLetters, tokio::task::JoinHandle<()>) {
-    let (sender, receiver) = mpsc::channel(10_000);
+    // Bounded so dead letters queued while Redis is away cost at most ~1,000 x 64 KiB.
+    let (sender, receiver) = mpsc::channel(1_000);
     let task = tokio::spawn(write_loop(connection, stream, max_len, receiver));
     (DeadLetters { sender }, task)
 }

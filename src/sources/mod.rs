@@ -33,9 +33,20 @@ pub async fn ingest(
         Ok(event) => {
             router.dispatch(event, pattern).await;
         }
-        Err(invalid) => {
+        Err(mut invalid) => {
             metrics::event_invalid(invalid.reason.as_str());
             tracing::debug!(reason = %invalid.reason, channel = %channel, "invalid event");
+            // An oversized message is kept only up to the limit, so a flood of huge
+            // messages cannot exhaust memory or Redis; the error says what was cut.
+            let payload = if payload.len() > max_event_bytes {
+                invalid.detail = format!(
+                    "{} (dead letter keeps the first {max_event_bytes} bytes)",
+                    invalid.detail
+                );
+                payload.slice(..max_event_bytes)
+            } else {
+                payload
+            };
             dead_letters
                 .send(DeadLetter {
                     reason: invalid.reason.as_str().to_string(),
