@@ -488,3 +488,51 @@ async fn health_and_readiness_endpoints() {
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     app.stop().await;
 }
+
+/// A sink whose store does not answer.
+struct UnreachableSink;
+
+impl Sink for UnreachableSink {
+    fn write<'a>(
+        &'a self,
+        _batch: &'a [Arc<Event>],
+    ) -> BoxFuture<'a, Result<Written, BatchFailure>> {
+        async {
+            Err(BatchFailure::All(SinkError::retryable(
+                "network",
+                "connection refused",
+            )))
+        }
+        .boxed()
+    }
+
+    fn check_ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        async { Err(SinkError::retryable("network", "connection refused")) }.boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_sink_that_is_not_reachable() {
+    let channel = unique("core-unready");
+    let mut config = base_config();
+    config.pipelines.insert(
+        "main".to_string(),
+        pipeline(&[&channel], vec![("db", sink("blackhole = {}"))]),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = App::new(config)
+        .with_sink("main", "db", Arc::new(UnreachableSink))
+        .start(shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(running.http_addr, "/healthz").await.0,
+        200,
+        "alive even when not ready"
+    );
+    let (status, body) = http_get(running.http_addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("main.db: connection refused"), "{body}");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running.task).await;
+}
