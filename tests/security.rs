@@ -9,41 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{event_json, eventually, unique};
+use common::{PrivateRedis, event_json, eventually, free_port, unique};
 
 const ADMIN_PASSWORD: &str = "admin-Pw-5b7e1";
 const APP_PASSWORD: &str = "app-Pw-93c4d";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private redis-server with a default-user password and an ACL user `app`.
-fn start_secured_redis(directory: &Path, port: u16) -> std::process::Child {
-    let config = directory.join("redis.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\nrequirepass {ADMIN_PASSWORD}\nuser app on >{APP_PASSWORD} ~* &* +@all\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("redis-server")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (deploy/local/services up)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "private redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 fn write_config(directory: &Path, redis_port: u16, http_port: u16, channel: &str, output: &Path) {
     std::fs::create_dir_all(directory.join("pipelines")).unwrap();
@@ -68,7 +37,10 @@ async fn acl_credentials_from_the_environment_and_never_in_logs() {
     std::fs::create_dir_all(&directory).unwrap();
     let redis_port = free_port();
     let http_port = free_port();
-    let mut redis_server = start_secured_redis(&directory, redis_port);
+    let redis_server = PrivateRedis::start(
+        redis_port,
+        &format!("requirepass {ADMIN_PASSWORD}\nuser app on >{APP_PASSWORD} ~* &* +@all"),
+    );
     let channel = unique("secure");
     let output = directory.join("out.jsonl");
     write_config(&directory, redis_port, http_port, &channel, &output);
@@ -196,6 +168,5 @@ async fn acl_credentials_from_the_environment_and_never_in_logs() {
         "{refused_logs}"
     );
     assert!(!refused_logs.contains("wrong-password-1234"));
-    redis_server.kill().unwrap();
-    let _ = redis_server.wait();
+    drop(redis_server);
 }

@@ -9,7 +9,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region};
@@ -24,19 +23,6 @@ use ingestd::app::App;
 use ingestd::config::Secret;
 
 const EVENTS: usize = 5_000;
-
-fn ensure_aws_credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-            // SAFETY: set once, before any AWS client of this process reads the environment.
-            unsafe {
-                std::env::set_var("AWS_ACCESS_KEY_ID", "ingestdlocal");
-                std::env::set_var("AWS_SECRET_ACCESS_KEY", "ingestdlocal");
-            }
-        }
-    });
-}
 
 fn services(arguments: &[&str]) {
     let status = Command::new("deploy/local/services")
@@ -132,7 +118,7 @@ impl Stores {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_pipeline_survives_a_cassandra_outage_and_replays_change_nothing() {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let loaded =
         ingestd::config::load(None, Path::new("pipelines")).expect("the shipped config is valid");
     let mut config = loaded.config;
