@@ -159,12 +159,7 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix() {
     payloads.push(b"not json at all".to_vec());
     publish_all(&channel, &payloads).await;
     let mut connection = common::redis_connection().await;
-    eventually(Duration::from_secs(10), "21 dead letters", || {
-        let mut connection = connection.clone();
-        let stream = stream.clone();
-        async move { connection.xlen::<_, usize>(&stream).await.unwrap() == 21 }
-    })
-    .await;
+    common::wait_stream_len(&stream, 21, Duration::from_secs(10)).await;
 
     let directory = std::env::temp_dir().join(unique("cli-replay"));
     write_config(&directory, &stream);

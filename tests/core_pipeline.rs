@@ -276,12 +276,7 @@ async fn a_permanent_failure_dead_letters_with_reason_and_payload() {
         .collect();
     publish_all(&channel, &payloads).await;
     let mut connection = common::redis_connection().await;
-    eventually(Duration::from_secs(10), "5 dead letters", || {
-        let mut connection = connection.clone();
-        let stream = stream.clone();
-        async move { connection.xlen::<_, usize>(&stream).await.unwrap() >= 5 }
-    })
-    .await;
+    common::wait_stream_len(&stream, 5, Duration::from_secs(10)).await;
     let entries: redis::streams::StreamRangeReply = connection.xrange_all(&stream).await.unwrap();
     assert_eq!(entries.ids.len(), 5);
     let mut stored_payloads = Vec::new();
@@ -414,12 +409,7 @@ async fn malformed_input_of_every_reason_is_dead_lettered_and_counted() {
     )
     .await;
     let mut connection = common::redis_connection().await;
-    eventually(Duration::from_secs(10), "8 dead letters", || {
-        let mut connection = connection.clone();
-        let stream = stream.clone();
-        async move { connection.xlen::<_, usize>(&stream).await.unwrap() >= 8 }
-    })
-    .await;
+    common::wait_stream_len(&stream, 8, Duration::from_secs(10)).await;
     let entries: redis::streams::StreamRangeReply = connection.xrange_all(&stream).await.unwrap();
     let reasons: Vec<String> = entries
         .ids

@@ -173,12 +173,7 @@ async fn a_flood_of_malformed_messages_loses_no_valid_event_and_dead_letters_eve
         || async { lines() >= 10_000 },
     )
     .await;
-    eventually(Duration::from_secs(120), "100,000 dead letters", || {
-        let mut connection = connection.clone();
-        let stream = stream.clone();
-        async move { connection.xlen::<_, usize>(&stream).await.unwrap() >= 100_000 }
-    })
-    .await;
+    common::wait_stream_len(&stream, 100_000, Duration::from_secs(120)).await;
     assert!(daemon.0.try_wait().unwrap().is_none(), "no crash");
     let peak_kib = peak_rss_kib(daemon.0.id());
 

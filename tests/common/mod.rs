@@ -290,3 +290,18 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until the stream (e.g. the dead-letter stream) holds at least `length` entries.
+pub async fn wait_stream_len(stream: &str, length: usize, timeout: Duration) {
+    let connection = redis_connection().await;
+    eventually(timeout, &format!("{length} entries in {stream}"), || {
+        let mut connection = connection.clone();
+        async move {
+            let current: usize = redis::AsyncCommands::xlen(&mut connection, stream)
+                .await
+                .unwrap();
+            current >= length
+        }
+    })
+    .await;
+}
