@@ -56,6 +56,7 @@ pub fn pipeline(channels: &[&str], sinks: Vec<(&str, SinkConfig)>) -> PipelineCo
     PipelineConfig {
         channels: channels.iter().map(|channel| channel.to_string()).collect(),
         patterns: Vec::new(),
+        streams: Vec::new(),
         on_limit: Default::default(),
         sinks: sinks
             .into_iter()
