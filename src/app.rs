@@ -3,7 +3,8 @@
 //!
 //! Shutdown order: the source stops reading; entry queues close; each runner drains its
 //! queue and settles its in-flight batches (a rate-limit gate then closes the queues it
-//! feeds); dead letters are flushed; the HTTP listener stops last.
+//! feeds); dead letters are flushed; the Streams source acknowledges the last entries;
+//! the HTTP listener stops last.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, OnLimit};
+use crate::config::{Config, OnLimit, SourceKind};
 use crate::deadletter;
 use crate::pipeline::queue::SinkQueue;
 use crate::pipeline::router::{PipelineEntry, Router};
@@ -24,6 +25,7 @@ use crate::sinks::leaderboard::LeaderboardReader;
 use crate::sinks::rate_counter::RateReader;
 use crate::sinks::{Sink, SinkContext};
 use crate::sources::pubsub::PubSubSource;
+use crate::sources::streams::StreamsSource;
 use crate::telemetry::http::{self, Readiness};
 use crate::telemetry::metrics::{self, SinkMetrics};
 
@@ -149,12 +151,17 @@ impl App {
                     forward,
                 });
             }
+            // Stream keys route like channels: an event's channel is its stream key.
+            let channels = match config.source.kind {
+                SourceKind::Pubsub => &pipeline.channels,
+                SourceKind::Streams => &pipeline.streams,
+            };
             router.add_pipeline(
                 PipelineEntry {
                     name: pipeline_name.clone(),
                     entry_queues,
                 },
-                &pipeline.channels,
+                channels,
                 &pipeline.patterns,
             );
         }
@@ -186,15 +193,34 @@ impl App {
         for runner in runners {
             runner_tasks.spawn(runner.run());
         }
-        let source = PubSubSource {
-            redis: config.redis.clone(),
-            source: config.source.clone(),
-            router: Arc::clone(&router),
-            dead_letters: dead_letters.clone(),
-            readiness,
-        };
         let source_shutdown = shutdown.clone();
-        let source_task = tokio::spawn(async move { source.run(source_shutdown).await });
+        // The Streams source acknowledges entries after the pipelines drain: its ack loop
+        // is awaited last.
+        let (source_task, mut acker) = match config.source.kind {
+            SourceKind::Pubsub => {
+                let source = PubSubSource {
+                    redis: config.redis.clone(),
+                    source: config.source.clone(),
+                    router: Arc::clone(&router),
+                    dead_letters: dead_letters.clone(),
+                    readiness,
+                };
+                let task = tokio::spawn(async move { source.run(source_shutdown).await });
+                (task, None)
+            }
+            SourceKind::Streams => {
+                let source = StreamsSource {
+                    redis: config.redis.clone(),
+                    commands: redis.clone(),
+                    source: config.source.clone(),
+                    router: Arc::clone(&router),
+                    dead_letters: dead_letters.clone(),
+                    readiness,
+                };
+                let tasks = source.spawn(source_shutdown);
+                (tasks.reader, Some(tasks.acker))
+            }
+        };
         let deadline = config.shutdown.deadline;
 
         let task = tokio::spawn(async move {
@@ -214,8 +240,17 @@ impl App {
                 while runner_tasks.join_next().await.is_some() {}
                 drop(dead_letters);
                 let _ = dead_letter_task.await;
+                // Every event is written or dead-lettered: the last acknowledgements go out.
+                if let Some(acker) = &mut acker {
+                    acker.finish().await;
+                }
             })
             .await;
+            if drained.is_err()
+                && let Some(acker) = acker
+            {
+                acker.abandon().await;
+            }
             http_shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
             source_result?;

@@ -5,6 +5,7 @@
 //! a dead letter is never dropped while the process runs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -14,6 +15,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use crate::pipeline::ack::AckToken;
 use crate::telemetry::metrics;
 
 /// One rejected event.
@@ -30,18 +32,28 @@ pub struct DeadLetter {
     pub at: DateTime<Utc>,
 }
 
+/// A dead letter waiting for the writer, with the ack token (Streams) it holds until written.
+type Queued = (DeadLetter, Option<Arc<AckToken>>);
+
 /// A cheap, cloneable handle for sending dead letters to the writer task.
 #[derive(Clone)]
 pub struct DeadLetters {
-    sender: mpsc::Sender<DeadLetter>,
+    sender: mpsc::Sender<Queued>,
 }
 
 impl DeadLetters {
     /// Queues one dead letter; waits only if the writer is far behind (Redis down).
     pub async fn send(&self, dead_letter: DeadLetter) {
-        if let Err(error) = self.sender.send(dead_letter).await {
+        self.send_acked(dead_letter, None).await;
+    }
+
+    /// Like [`DeadLetters::send`], but the writer holds `ack` until the dead letter is in
+    /// the stream, so a Streams entry is acknowledged only once its dead letter is stored.
+    pub async fn send_acked(&self, dead_letter: DeadLetter, ack: Option<Arc<AckToken>>) {
+        if let Err(error) = self.sender.send((dead_letter, ack)).await {
             // Only after shutdown; say so loudly since the entry is lost.
-            tracing::error!(reason = %error.0.reason, stage = %error.0.stage, "dead letter after shutdown, not stored");
+            let (dead_letter, _) = error.0;
+            tracing::error!(reason = %dead_letter.reason, stage = %dead_letter.stage, "dead letter after shutdown, not stored");
         }
     }
 }
@@ -53,7 +65,8 @@ pub fn spawn_writer(
     stream: String,
     max_len: u64,
 ) -> (DeadLetters, tokio::task::JoinHandle<()>) {
-    let (sender, receiver) = mpsc::channel(10_000);
+    // Bounded so dead letters queued while Redis is away cost at most ~1,000 x 64 KiB.
+    let (sender, receiver) = mpsc::channel(1_000);
     let task = tokio::spawn(write_loop(connection, stream, max_len, receiver));
     (DeadLetters { sender }, task)
 }
@@ -62,7 +75,7 @@ async fn write_loop(
     mut connection: ConnectionManager,
     stream: String,
     max_len: u64,
-    mut receiver: mpsc::Receiver<DeadLetter>,
+    mut receiver: mpsc::Receiver<Queued>,
 ) {
     let mut batch = Vec::with_capacity(256);
     while receiver.recv_many(&mut batch, 256).await > 0 {
@@ -82,9 +95,10 @@ async fn write_loop(
                 }
             }
         }
-        for dead_letter in &batch {
+        for (dead_letter, _) in &batch {
             metrics::dead_letter_written(&dead_letter.stage, &dead_letter.reason, 1);
         }
+        // Written: dropping the ack tokens lets their Streams entries be acknowledged.
         batch.clear();
     }
 }
@@ -93,10 +107,10 @@ async fn append(
     connection: &mut ConnectionManager,
     stream: &str,
     max_len: u64,
-    batch: &[DeadLetter],
+    batch: &[Queued],
 ) -> redis::RedisResult<()> {
     let mut pipeline = redis::pipe();
-    for dead_letter in batch {
+    for (dead_letter, _) in batch {
         pipeline
             .cmd("XADD")
             .arg(stream)

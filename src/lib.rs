@@ -5,7 +5,8 @@
 //! Map of the crate:
 //! - [`config`]: figment layers, typed settings, `ingestd check` diagnostics.
 //! - [`event`]: the input contract (decode + validate, reason codes).
-//! - [`sources`]: Redis pub/sub with reconnect; hands events to the router.
+//! - [`sources`]: Redis pub/sub with reconnect, or Redis Streams in a consumer group
+//!   (acknowledged once stored); hands events to the router.
 //! - [`pipeline`]: router, per-sink queues, batching runners, retry schedule, acks.
 //! - [`sinks`]: the [`sinks::Sink`] trait and one module per store.
 //! - [`deadletter`]: the dead-letter stream (write, list, replay).

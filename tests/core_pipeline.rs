@@ -276,12 +276,7 @@ async fn a_permanent_failure_dead_letters_with_reason_and_payload() {
         .collect();
     publish_all(&channel, &payloads).await;
     let mut connection = common::redis_connection().await;
-    eventually(Duration::from_secs(10), "5 dead letters", || {
-        let mut connection = connection.clone();
-        let stream = stream.clone();
-        async move { connection.xlen::<_, usize>(&stream).await.unwrap() >= 5 }
-    })
-    .await;
+    common::wait_stream_len(&stream, 5, Duration::from_secs(10)).await;
     let entries: redis::streams::StreamRangeReply = connection.xrange_all(&stream).await.unwrap();
     assert_eq!(entries.ids.len(), 5);
     let mut stored_payloads = Vec::new();
@@ -414,12 +409,7 @@ async fn malformed_input_of_every_reason_is_dead_lettered_and_counted() {
     )
     .await;
     let mut connection = common::redis_connection().await;
-    eventually(Duration::from_secs(10), "8 dead letters", || {
-        let mut connection = connection.clone();
-        let stream = stream.clone();
-        async move { connection.xlen::<_, usize>(&stream).await.unwrap() >= 8 }
-    })
-    .await;
+    common::wait_stream_len(&stream, 8, Duration::from_secs(10)).await;
     let entries: redis::streams::StreamRangeReply = connection.xrange_all(&stream).await.unwrap();
     let reasons: Vec<String> = entries
         .ids
@@ -487,4 +477,52 @@ async fn health_and_readiness_endpoints() {
     let (status, body) = http_get(app.http(), "/readyz").await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
     app.stop().await;
+}
+
+/// A sink whose store does not answer.
+struct UnreachableSink;
+
+impl Sink for UnreachableSink {
+    fn write<'a>(
+        &'a self,
+        _batch: &'a [Arc<Event>],
+    ) -> BoxFuture<'a, Result<Written, BatchFailure>> {
+        async {
+            Err(BatchFailure::All(SinkError::retryable(
+                "network",
+                "connection refused",
+            )))
+        }
+        .boxed()
+    }
+
+    fn check_ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        async { Err(SinkError::retryable("network", "connection refused")) }.boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_sink_that_is_not_reachable() {
+    let channel = unique("core-unready");
+    let mut config = base_config();
+    config.pipelines.insert(
+        "main".to_string(),
+        pipeline(&[&channel], vec![("db", sink("blackhole = {}"))]),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = App::new(config)
+        .with_sink("main", "db", Arc::new(UnreachableSink))
+        .start(shutdown.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(running.http_addr, "/healthz").await.0,
+        200,
+        "alive even when not ready"
+    );
+    let (status, body) = http_get(running.http_addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("main.db: connection refused"), "{body}");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), running.task).await;
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -34,22 +34,6 @@ fn endpoint() -> String {
         .unwrap_or_else(|_| "http://127.0.0.1:8000".to_string())
 }
 
-/// DynamoDB Local accepts any credentials but the SDK insists on having some (the access
-/// key id must be letters and digits only). Real runs take them from the environment.
-fn ensure_aws_credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-            // SAFETY: set once, before any AWS client of this process reads the environment;
-            // std serializes its own environment access.
-            unsafe {
-                std::env::set_var("AWS_ACCESS_KEY_ID", "ingestdlocal");
-                std::env::set_var("AWS_SECRET_ACCESS_KEY", "ingestdlocal");
-            }
-        }
-    });
-}
-
 /// A table name no other test uses (DynamoDB allows a-z A-Z 0-9 _ - .).
 fn unique_table(prefix: &str) -> String {
     unique(prefix)
@@ -70,7 +54,7 @@ region = "us-east-1"
 }
 
 async fn reader() -> Client {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint())
@@ -176,7 +160,7 @@ fn key_of_request(request: &WriteRequest) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_have_exact_keys_and_native_types_serve_the_queries_and_replays_change_nothing() {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let channel = unique("dynamo-events");
     let table = unique_table("ingestd-items");
     let pipeline_name = "dynamo_items";
@@ -420,7 +404,7 @@ impl BatchWriter for HoldingBack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unprocessed_items_are_resent_until_every_item_is_written_exactly_once() {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let channel = unique("dynamo-unprocessed");
     let table = unique_table("ingestd-unprocessed");
     let pipeline_name = "dynamo_unprocessed";
@@ -538,7 +522,7 @@ impl BatchWriter for KeyWatcher {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_keys_in_one_batch_are_sent_once_and_the_last_event_wins() {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let channel = unique("dynamo-duplicates");
     let table = unique_table("ingestd-duplicates");
     let pipeline_name = "dynamo_duplicates";
@@ -626,7 +610,7 @@ async fn duplicate_keys_in_one_batch_are_sent_once_and_the_last_event_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_dynamodb_cannot_store_are_dead_lettered_and_the_rest_of_their_batch_is_written() {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let channel = unique("dynamo-refused");
     let table = unique_table("ingestd-refused");
     let pipeline_name = "dynamo_refused";
@@ -761,7 +745,7 @@ async fn items_dynamodb_cannot_store_are_dead_lettered_and_the_rest_of_their_bat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_dynamodb_stops_the_start_with_the_sink_named() {
-    ensure_aws_credentials();
+    common::ensure_aws_credentials();
     let channel = unique("dynamo-unreachable");
     let mut config = base_config();
     config.pipelines.insert(

@@ -8,18 +8,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{event_json, eventually, http_get, metric_value, publish_all, unique};
+use common::{
+    PrivateRedis, event_json, eventually, free_port, http_get, metric_value, publish_all, unique,
+};
 
 fn ingestd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ingestd"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write(path: &Path, text: &str) {
@@ -315,34 +309,10 @@ async fn a_second_signal_exits_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-/// Starts a private redis-server so restarting it disturbs no other test.
-fn start_private_redis(port: u16) -> std::process::Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (deploy/local/services up)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "private redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_resubscribes_after_redis_restarts() {
     let port = free_port();
-    let mut redis_server = start_private_redis(port);
+    let redis_server = PrivateRedis::start(port, "");
     let directory = temp_dir("restart");
     let output = directory.join("out.jsonl");
     let channel = unique("proc-restart");
@@ -396,10 +366,9 @@ async fn the_worker_resubscribes_after_redis_restarts() {
     let disconnects_before =
         metric_value(&metrics, "ingestd_source_disconnects_total", &[]).unwrap_or(0.0);
 
-    redis_server.kill().unwrap();
-    redis_server.wait().unwrap();
+    drop(redis_server);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut redis_server = start_private_redis(port);
+    let redis_server = PrivateRedis::start(port, "");
     // Resubscribed once readiness comes back.
     common::wait_ready(app.http()).await;
     publish(100..200).await;
@@ -417,6 +386,5 @@ async fn the_worker_resubscribes_after_redis_restarts() {
         "disconnect counted: {disconnects_before} -> {disconnects_after}"
     );
     app.stop().await;
-    redis_server.kill().unwrap();
-    let _ = redis_server.wait();
+    drop(redis_server);
 }

@@ -70,12 +70,18 @@ impl Default for RedisConfig {
 pub enum SourceKind {
     /// SUBSCRIBE/PSUBSCRIBE: lowest latency; Redis keeps nothing for absent subscribers.
     Pubsub,
+    /// XREADGROUP in a consumer group (`source.streams`): entries are acknowledged only
+    /// once every sink has written or dead-lettered them, so nothing read is lost and
+    /// several replicas split one stream. Pipelines list stream keys in `streams`. An
+    /// event a `drop_oldest` queue or a rate limit (`on_limit = "drop"`) discards counts as
+    /// done and is acknowledged too.
+    Streams,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// `pubsub`.
+    /// `pubsub` or `streams`.
     pub kind: SourceKind,
     /// Messages larger than this are dead-lettered as `too_large`.
     pub max_event_bytes: ByteSize,
@@ -85,6 +91,11 @@ pub struct SourceConfig {
     /// Longest delay between reconnect attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// The consumer group reading, when `kind = "streams"`.
+    pub streams: StreamsConfig,
+    /// Per-publisher sequence numbers checked on pub/sub, so loss upstream of ingestd
+    /// shows in `ingestd_source_sequence_gaps_total`. Off by default.
+    pub sequence: SequenceConfig,
 }
 
 impl Default for SourceConfig {
@@ -94,6 +105,80 @@ impl Default for SourceConfig {
             max_event_bytes: ByteSize::kib(64),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            streams: StreamsConfig::default(),
+            sequence: SequenceConfig::default(),
+        }
+    }
+}
+
+/// `[source.streams]`: how the Streams source reads its consumer group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Consumer group shared by every replica; each entry goes to one replica.
+    pub group: String,
+    /// This replica's consumer name, unique within the group. Default: `{hostname}-{pid}`.
+    /// A fixed name (e.g. a StatefulSet pod name) lets a restarted replica re-read its own
+    /// pending entries at once instead of waiting `claim_idle` for them to be claimed.
+    pub consumer: Option<String>,
+    /// Entries per stream per XREADGROUP (`COUNT`).
+    pub count: usize,
+    /// How long one XREADGROUP waits for new entries (`BLOCK`); also bounds how long a
+    /// stop waits for the read in progress.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Entries pending (read, not acknowledged) longer than this in another consumer are
+    /// taken over with XAUTOCLAIM: that consumer is presumed dead. Entries this replica is
+    /// still working on are kept fresh, so only dead consumers' entries go over it.
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// How often to look for entries to take over (and refresh this replica's own).
+    #[serde(with = "humantime_serde")]
+    pub claim_interval: Duration,
+    /// The entry field holding the event JSON; entries without it are dead-lettered.
+    pub payload_field: String,
+    /// Create the group (and the stream, `MKSTREAM`) at start when missing.
+    pub create_group: bool,
+    /// Where a newly created group starts: `0` reads the stream's history, `$` only new entries.
+    pub start_id: String,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> StreamsConfig {
+        StreamsConfig {
+            group: "ingestd".to_string(),
+            consumer: None,
+            count: 500,
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            payload_field: "payload".to_string(),
+            create_group: true,
+            start_id: "0".to_string(),
+        }
+    }
+}
+
+/// `[source.sequence]`: publisher sequence numbers, looked up in the event's `data` (where
+/// unknown top-level fields land too). Gaps are counted, never repaired; a number lower
+/// than the last one seen is taken as a publisher restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SequenceConfig {
+    /// Check sequences on the pub/sub source.
+    pub enabled: bool,
+    /// Field naming the publisher (a string or a number); events without it are not checked.
+    pub publisher_field: String,
+    /// Field holding the publisher's sequence number (a non-negative integer, +1 per event).
+    pub sequence_field: String,
+}
+
+impl Default for SequenceConfig {
+    fn default() -> SequenceConfig {
+        SequenceConfig {
+            enabled: false,
+            publisher_field: "publisher_id".to_string(),
+            sequence_field: "seq".to_string(),
         }
     }
 }
@@ -197,6 +282,9 @@ pub struct PipelineConfig {
     /// Glob patterns to PSUBSCRIBE to (e.g. `events.*`).
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Stream keys to read with `source.kind = "streams"` (instead of channels/patterns).
+    #[serde(default)]
+    pub streams: Vec<String>,
     /// What a rate counter sink does with events over its limit.
     #[serde(default)]
     pub on_limit: OnLimit,
@@ -344,14 +432,10 @@ impl Config {
                 "must not be empty".to_string(),
             ));
         }
+        problems.extend(self.source.validate());
         for (pipeline_name, pipeline) in &self.pipelines {
             let prefix = format!("pipelines.{pipeline_name}");
-            if pipeline.channels.is_empty() && pipeline.patterns.is_empty() {
-                problems.push((
-                    format!("{prefix}.channels"),
-                    "the pipeline reads nothing: set channels or patterns".to_string(),
-                ));
-            }
+            problems.extend(pipeline.validate_inputs(self.source.kind, &prefix));
             if pipeline.sinks.is_empty() {
                 problems.push((
                     format!("{prefix}.sinks"),
@@ -362,6 +446,121 @@ impl Config {
                 let sink_prefix = format!("{prefix}.sinks.{sink_name}");
                 for (key, reason) in sink.validate() {
                     problems.push((format!("{sink_prefix}.{key}"), reason));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.kind == SourceKind::Streams {
+            let streams = &self.streams;
+            if streams.group.is_empty() {
+                problems.push((
+                    "source.streams.group".to_string(),
+                    "must not be empty (e.g. \"ingestd\")".to_string(),
+                ));
+            }
+            if streams.consumer.as_deref() == Some("") {
+                problems.push((
+                    "source.streams.consumer".to_string(),
+                    "must not be empty: remove it for the default {hostname}-{pid}".to_string(),
+                ));
+            }
+            if streams.count == 0 {
+                problems.push((
+                    "source.streams.count".to_string(),
+                    "must be at least 1 (e.g. 500)".to_string(),
+                ));
+            }
+            // BLOCK 0 waits forever: a stop would hang.
+            if streams.block < Duration::from_millis(1) {
+                problems.push((
+                    "source.streams.block".to_string(),
+                    "must be at least 1ms (e.g. \"1s\")".to_string(),
+                ));
+            }
+            if streams.claim_idle < Duration::from_millis(1) {
+                problems.push((
+                    "source.streams.claim_idle".to_string(),
+                    "must be at least 1ms (e.g. \"30s\")".to_string(),
+                ));
+            }
+            if streams.claim_interval < Duration::from_millis(1) {
+                problems.push((
+                    "source.streams.claim_interval".to_string(),
+                    "must be at least 1ms (e.g. \"5s\")".to_string(),
+                ));
+            }
+            if streams.payload_field.is_empty() {
+                problems.push((
+                    "source.streams.payload_field".to_string(),
+                    "must not be empty (e.g. \"payload\")".to_string(),
+                ));
+            }
+            if streams.start_id.is_empty() {
+                problems.push((
+                    "source.streams.start_id".to_string(),
+                    "must not be empty: \"0\" (history) or \"$\" (new entries only)".to_string(),
+                ));
+            }
+        }
+        if self.sequence.enabled {
+            for (key, value) in [
+                ("publisher_field", &self.sequence.publisher_field),
+                ("sequence_field", &self.sequence.sequence_field),
+            ] {
+                if value.is_empty() {
+                    problems.push((
+                        format!("source.sequence.{key}"),
+                        "must not be empty when source.sequence.enabled = true".to_string(),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl PipelineConfig {
+    /// The pipeline must read something the configured source can read.
+    fn validate_inputs(&self, kind: SourceKind, prefix: &str) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        match kind {
+            SourceKind::Pubsub => {
+                if self.channels.is_empty() && self.patterns.is_empty() {
+                    problems.push((
+                        format!("{prefix}.channels"),
+                        "the pipeline reads nothing: set channels or patterns".to_string(),
+                    ));
+                }
+                if !self.streams.is_empty() {
+                    problems.push((
+                        format!("{prefix}.streams"),
+                        "streams are read only with source.kind = \"streams\": set it, or use channels".to_string(),
+                    ));
+                }
+            }
+            SourceKind::Streams => {
+                if self.streams.is_empty() {
+                    problems.push((
+                        format!("{prefix}.streams"),
+                        "the pipeline reads nothing: list stream keys in streams (source.kind is \"streams\")".to_string(),
+                    ));
+                }
+                if !self.channels.is_empty() || !self.patterns.is_empty() {
+                    let key = if self.channels.is_empty() {
+                        "patterns"
+                    } else {
+                        "channels"
+                    };
+                    problems.push((
+                        format!("{prefix}.{key}"),
+                        "channels and patterns are read only with source.kind = \"pubsub\": move them to streams".to_string(),
+                    ));
                 }
             }
         }

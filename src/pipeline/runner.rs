@@ -185,15 +185,19 @@ impl SinkRunner {
         let stage = format!("{}.{}", self.metrics.pipeline, self.metrics.sink);
         let now = Utc::now();
         for event in events {
+            // The dead letter holds the event's ack until it is stored (Streams source).
             self.dead_letters
-                .send(DeadLetter {
-                    reason: reason.to_string(),
-                    stage: stage.clone(),
-                    channel: event.channel.to_string(),
-                    error: error.to_string(),
-                    payload: event.payload.clone(),
-                    at: now,
-                })
+                .send_acked(
+                    DeadLetter {
+                        reason: reason.to_string(),
+                        stage: stage.clone(),
+                        channel: event.channel.to_string(),
+                        error: error.to_string(),
+                        payload: event.payload.clone(),
+                        at: now,
+                    },
+                    event.ack.clone(),
+                )
                 .await;
         }
         // A gate that gave up still lets the events through: the other stores must not

@@ -3,6 +3,8 @@
 //! invalid messages are dead-lettered with their reason.
 
 pub mod pubsub;
+pub mod sequence;
+pub mod streams;
 
 use std::sync::Arc;
 
@@ -11,8 +13,21 @@ use chrono::Utc;
 
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::event;
+use crate::pipeline::ack::AckToken;
 use crate::pipeline::router::Router;
 use crate::telemetry::metrics;
+
+use self::sequence::SequenceGaps;
+
+/// One message as read: where it came from, its bytes and, for the Streams source, the
+/// token that acknowledges it once every holder (sinks, dead-letter writer) lets go.
+pub struct Message<'a> {
+    pub channel: Arc<str>,
+    /// The PSUBSCRIBE pattern it matched, if any.
+    pub pattern: Option<&'a str>,
+    pub payload: Bytes,
+    pub ack: Option<Arc<AckToken>>,
+}
 
 /// Decodes one message and routes it, or dead-letters it with its reason.
 pub async fn ingest(
@@ -23,28 +38,71 @@ pub async fn ingest(
     payload: Bytes,
     max_event_bytes: usize,
 ) {
+    let message = Message {
+        channel,
+        pattern,
+        payload,
+        ack: None,
+    };
+    ingest_message(router, dead_letters, message, max_event_bytes, None).await;
+}
+
+/// [`ingest`] for a [`Message`]: the event carries the message's ack token (an unrouted
+/// event drops it at once, an invalid one hands it to its dead letter), and `sequences`,
+/// when given, sees every valid event.
+pub async fn ingest_message(
+    router: &Router,
+    dead_letters: &DeadLetters,
+    message: Message<'_>,
+    max_event_bytes: usize,
+    sequences: Option<&mut SequenceGaps>,
+) {
     let received_at = Utc::now();
+    let Message {
+        channel,
+        pattern,
+        payload,
+        ack,
+    } = message;
     match event::decode(
         payload.clone(),
         Arc::clone(&channel),
         max_event_bytes,
         received_at,
     ) {
-        Ok(event) => {
+        Ok(mut event) => {
+            if let Some(sequences) = sequences {
+                sequences.observe(&event);
+            }
+            event.ack = ack;
             router.dispatch(event, pattern).await;
         }
-        Err(invalid) => {
+        Err(mut invalid) => {
             metrics::event_invalid(invalid.reason.as_str());
             tracing::debug!(reason = %invalid.reason, channel = %channel, "invalid event");
+            // An oversized message is kept only up to the limit, so a flood of huge
+            // messages cannot exhaust memory or Redis; the error says what was cut.
+            let payload = if payload.len() > max_event_bytes {
+                invalid.detail = format!(
+                    "{} (dead letter keeps the first {max_event_bytes} bytes)",
+                    invalid.detail
+                );
+                payload.slice(..max_event_bytes)
+            } else {
+                payload
+            };
             dead_letters
-                .send(DeadLetter {
-                    reason: invalid.reason.as_str().to_string(),
-                    stage: "decode".to_string(),
-                    channel: channel.to_string(),
-                    error: invalid.detail,
-                    payload,
-                    at: received_at,
-                })
+                .send_acked(
+                    DeadLetter {
+                        reason: invalid.reason.as_str().to_string(),
+                        stage: "decode".to_string(),
+                        channel: channel.to_string(),
+                        error: invalid.detail,
+                        payload,
+                        at: received_at,
+                    },
+                    ack,
+                )
                 .await;
         }
     }

@@ -17,6 +17,7 @@ use crate::config::{RedisConfig, SourceConfig};
 use crate::deadletter::DeadLetters;
 use crate::pipeline::router::Router;
 use crate::redis_client;
+use crate::sources::sequence::SequenceGaps;
 use crate::telemetry::http::Readiness;
 use crate::telemetry::metrics;
 
@@ -46,6 +47,12 @@ impl PubSubSource {
         let patterns = self.router.patterns();
         let mut delays = self.new_backoff();
         let mut counters: HashMap<String, (Counter, Counter)> = HashMap::new();
+        // Kept across sessions: numbers published while disconnected are gaps too.
+        let mut sequences = self
+            .source
+            .sequence
+            .enabled
+            .then(|| SequenceGaps::new(&self.source.sequence, SOURCE));
         loop {
             let connected = tokio::select! {
                 // Shutdown first: a connect attempt must never delay stopping.
@@ -77,7 +84,9 @@ impl PubSubSource {
             self.readiness.source_ready.store(true, Ordering::Release);
             // The connection proved healthy: the next outage starts from the shortest delay.
             delays = self.new_backoff();
-            let end = self.read_session(pubsub, &mut counters, &shutdown).await;
+            let end = self
+                .read_session(pubsub, &mut counters, &mut sequences, &shutdown)
+                .await;
             metrics::source_subscribed(SOURCE, false);
             self.readiness.source_ready.store(false, Ordering::Release);
             match end {
@@ -103,6 +112,7 @@ impl PubSubSource {
         &self,
         mut pubsub: redis::aio::PubSub,
         counters: &mut HashMap<String, (Counter, Counter)>,
+        sequences: &mut Option<SequenceGaps>,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         let max_event_bytes = self.source.max_event_bytes.as_u64() as usize;
@@ -129,13 +139,18 @@ impl PubSubSource {
                 .or_insert_with(|| Arc::from(channel_name))
                 .clone();
             let pattern: Option<String> = message.get_pattern().ok().flatten();
-            super::ingest(
+            let message = super::Message {
+                channel,
+                pattern: pattern.as_deref(),
+                payload,
+                ack: None,
+            };
+            super::ingest_message(
                 &self.router,
                 &self.dead_letters,
-                channel,
-                pattern.as_deref(),
-                payload,
+                message,
                 max_event_bytes,
+                sequences.as_mut(),
             )
             .await;
         }

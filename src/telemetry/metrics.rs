@@ -16,6 +16,10 @@ pub const SOURCE_EVENTS_RECEIVED: &str = "ingestd_source_events_received_total";
 pub const SOURCE_BYTES_RECEIVED: &str = "ingestd_source_bytes_received_total";
 pub const SOURCE_DISCONNECTS: &str = "ingestd_source_disconnects_total";
 pub const SOURCE_SUBSCRIBED: &str = "ingestd_source_subscribed";
+pub const SOURCE_ACKED: &str = "ingestd_source_acked_total";
+pub const SOURCE_CLAIMED: &str = "ingestd_source_claimed_total";
+pub const SOURCE_PENDING: &str = "ingestd_source_pending";
+pub const SOURCE_SEQUENCE_GAPS: &str = "ingestd_source_sequence_gaps_total";
 pub const EVENTS_INVALID: &str = "ingestd_events_invalid_total";
 pub const EVENTS_UNROUTED: &str = "ingestd_events_unrouted_total";
 pub const SINK_EVENTS_WRITTEN: &str = "ingestd_sink_events_written_total";
@@ -85,6 +89,22 @@ fn describe() {
     describe_gauge!(
         SOURCE_SUBSCRIBED,
         "1 while the source is connected and subscribed."
+    );
+    describe_counter!(
+        SOURCE_ACKED,
+        "Stream entries acknowledged (XACK) once every sink wrote or dead-lettered them."
+    );
+    describe_counter!(
+        SOURCE_CLAIMED,
+        "Stream entries taken over (XAUTOCLAIM) from a consumer presumed dead."
+    );
+    describe_gauge!(
+        SOURCE_PENDING,
+        "Entries of the consumer group read but not yet acknowledged, by stream."
+    );
+    describe_counter!(
+        SOURCE_SEQUENCE_GAPS,
+        "Publisher sequence numbers never received (lost upstream of ingestd)."
     );
     describe_counter!(EVENTS_INVALID, "Messages rejected by decoding, by reason.");
     describe_counter!(
@@ -196,6 +216,22 @@ pub fn source_disconnected(source: &'static str) {
 
 pub fn source_subscribed(source: &'static str, subscribed: bool) {
     gauge!(SOURCE_SUBSCRIBED, "source" => source).set(if subscribed { 1.0 } else { 0.0 });
+}
+
+/// Counters of the Streams source for one stream: `(acked, claimed)`.
+pub fn source_stream(source: &'static str, stream: &str) -> (Counter, Counter) {
+    (
+        counter!(SOURCE_ACKED, "source" => source, "stream" => stream.to_string()),
+        counter!(SOURCE_CLAIMED, "source" => source, "stream" => stream.to_string()),
+    )
+}
+
+pub fn source_pending(source: &'static str, stream: &str) -> Gauge {
+    gauge!(SOURCE_PENDING, "source" => source, "stream" => stream.to_string())
+}
+
+pub fn source_sequence_gaps(source: &'static str) -> Counter {
+    counter!(SOURCE_SEQUENCE_GAPS, "source" => source)
 }
 
 pub fn event_invalid(reason: &'static str) {

@@ -56,6 +56,7 @@ pub fn pipeline(channels: &[&str], sinks: Vec<(&str, SinkConfig)>) -> PipelineCo
     PipelineConfig {
         channels: channels.iter().map(|channel| channel.to_string()).collect(),
         patterns: Vec::new(),
+        streams: Vec::new(),
         on_limit: Default::default(),
         sinks: sinks
             .into_iter()
@@ -215,4 +216,93 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// DynamoDB Local accepts any credentials but the SDK insists on having some (the access
+/// key id must be letters and digits only). Real runs take them from the environment.
+pub fn ensure_aws_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            // SAFETY: set once, before any AWS client of this process reads the environment.
+            unsafe {
+                std::env::set_var("AWS_ACCESS_KEY_ID", "ingestdlocal");
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", "ingestdlocal");
+            }
+        }
+    });
+}
+
+/// A redis-server of the test's own, so stopping or securing it disturbs no other test.
+/// Killed when dropped.
+pub struct PrivateRedis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` on `port` with `extra_config` lines (redis.conf syntax) and
+    /// waits until it accepts connections.
+    pub fn start(port: u16, extra_config: &str) -> PrivateRedis {
+        let directory = std::env::temp_dir().join(unique("private-redis"));
+        std::fs::create_dir_all(&directory).unwrap();
+        let config = directory.join("redis.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {}\n{extra_config}\n",
+                directory.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (deploy/local/services up installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the stream (e.g. the dead-letter stream) holds at least `length` entries.
+pub async fn wait_stream_len(stream: &str, length: usize, timeout: Duration) {
+    let connection = redis_connection().await;
+    eventually(timeout, &format!("{length} entries in {stream}"), || {
+        let mut connection = connection.clone();
+        async move {
+            let current: usize = redis::AsyncCommands::xlen(&mut connection, stream)
+                .await
+                .unwrap();
+            current >= length
+        }
+    })
+    .await;
 }
