@@ -3,12 +3,14 @@
 baseline in the same invocation, on loopback, and reports ratios (absolute numbers on a
 shared 2-core machine are noise; ratios from one run are not).
 
-Scenarios (README "Benchmarks" explains each):
-  ceiling   pub/sub -> decode -> batch -> blackhole sinks vs a bare redis-rs subscriber
-  e2e       the shipped pipeline (5 stores) vs Benthos v4 doing the same writes
-  sinks     each store sink vs a raw-client loop writing the same rows with the same crate
-  latency   publish -> written percentiles per sink at a fixed moderate rate
-  outage    RSS and loss while one sink's endpoint is dead for 30 s
+Scenarios (names for --only; README "Benchmarks" explains each):
+  ingest_ceiling  pub/sub -> decode -> batch -> blackhole sinks vs a bare redis-rs subscriber
+  end_to_end      the shipped pipeline (5 stores) vs Benthos v4.27.0 doing the same writes
+  per_sink        each store sink vs a raw-client loop writing the same rows with the same crate
+  latency         publish -> written percentiles per sink at a fixed moderate rate
+  outage          RSS and loss while the DynamoDB endpoint is dead for 30 s
+  unscraped       RSS growth when nobody scrapes /metrics
+  diagnostics     decoder cost, bytes per queued event, cost of fan-out (before/after figures)
 
 Everything it starts (private redis-servers, ingestd, Benthos, publishers, a TCP proxy)
 is stopped by pid at the end; what it creates in the shared stores is dropped.
@@ -51,6 +53,12 @@ RAW_SHAPE = {
     "rate_counter": {"batch": 2000, "concurrency": 4},
 }
 
+# Sustained check: offered rates as fractions of a tool's own median burst throughput; a
+# rate passes when the slowest sink finishes within SUSTAINED_MAX_LAG_S of the publisher and
+# every store holds every event.
+SUSTAINED_FRACTIONS = [0.9, 0.75, 0.6, 0.45]
+SUSTAINED_MAX_LAG_S = 2.0
+
 TARGETS = {
     "ingest_ceiling_ratio": 0.9,
     "end_to_end_vs_benthos": 2.0,
@@ -60,7 +68,7 @@ TARGETS = {
 
 
 class Settings:
-    def __init__(self, quick, reps, scale, latency_rate, outage_seconds):
+    def __init__(self, quick, reps, scale, latency_rate, outage_seconds, latency_seconds=0, sustained_seconds=None):
         self.quick = quick
         self.reps = reps if reps else (1 if quick else 3)
         s = scale
@@ -69,7 +77,7 @@ class Settings:
         self.ceiling_publishers = 2
         self.e2e_events = int((15_000 if quick else 40_000) * s)
         self.e2e_warmup = 1_000 if quick else 2_000
-        self.sustained_seconds = 0 if quick else 20
+        self.sustained_seconds = (0 if quick else 15) if sustained_seconds is None else sustained_seconds
         # About 3 s of raw-client work each (quick: about 1 s).
         base = {
             "mongodb": 40_000,
@@ -80,7 +88,7 @@ class Settings:
         }
         self.sink_events = {name: int(count * s * (0.3 if quick else 1)) for name, count in base.items()}
         self.latency_rate = latency_rate or (500 if quick else 1000)
-        self.latency_seconds = 8 if quick else 20
+        self.latency_seconds = latency_seconds or (8 if quick else 20)
         self.latency_warmup = 3
         self.outage_rate = 1000
         self.outage_seconds = outage_seconds or (10 if quick else 30)
@@ -89,7 +97,9 @@ class Settings:
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.settings = Settings(args.quick, args.reps, args.scale, args.latency_rate, args.outage_seconds)
+        self.settings = Settings(
+            args.quick, args.reps, args.scale, args.latency_rate, args.outage_seconds,
+            getattr(args, "latency_seconds", 0), getattr(args, "sustained_seconds", None))
         self.run_id = "b" + datetime.datetime.now(datetime.timezone.utc).strftime("%m%d%H%M%S")
         self.workdir = os.path.join(args.work, self.run_id)
         os.makedirs(self.workdir, exist_ok=True)
@@ -236,12 +246,16 @@ class Bench:
         last_min = None
         started = time.time()
         counts = {}
+        self.last_done_at = {}
         while True:
             now = time.time()
             try:
                 counts = read()
             except OSError:
                 counts = counts or {}
+            for name, value in counts.items():
+                if value >= target and name not in self.last_done_at:
+                    self.last_done_at[name] = now
             low = min(counts.values()) if counts else 0
             trace.append((now, low))
             if low >= target:
@@ -494,9 +508,21 @@ class Bench:
                 capacity = lib.summary([run["events_per_s"] for run in runs[tool]])["median"]
                 if not capacity:
                     continue
-                rate = int(capacity * 0.8)
-                log(f"e2e sustained: {tool} at {rate}/s for {settings.sustained_seconds} s")
-                sustained[tool] = self.e2e_once(tool, "s", rate=rate, count=rate * settings.sustained_seconds)
+                attempts = []
+                # The same grid of fractions of each tool's own burst throughput, highest first.
+                for fraction in SUSTAINED_FRACTIONS:
+                    rate = int(capacity * fraction)
+                    log(f"e2e sustained: {tool} at {rate}/s ({fraction:.0%}) for {settings.sustained_seconds} s")
+                    attempt = self.e2e_once(tool, f"s{len(attempts)}", rate=rate, count=rate * settings.sustained_seconds)
+                    attempt["fraction_of_burst"] = fraction
+                    attempts.append(attempt)
+                    if attempt["passed"]:
+                        break
+                passing = [attempt for attempt in attempts if attempt["passed"]]
+                sustained[tool] = {
+                    "sustained_events_per_s": passing[0]["offered_rate"] if passing else None,
+                    "attempts": attempts,
+                }
         ours = lib.summary([run["events_per_s"] for run in runs["ingestd"]])
         result = {
             "description": (
@@ -504,13 +530,18 @@ class Bench:
                 f"counter) against the local services; {settings.e2e_events} events published flat out "
                 f"after {settings.e2e_warmup} warm-up events; events/s = events / time from first publish "
                 "until the slowest sink has written the last one; every store is then counted with its "
-                "driver (nothing lost = every count equals what was published). Sustained: the same at "
-                "80% of each tool's median throughput for a fixed time, passing when the slowest sink "
-                "finishes within 3 s of the publisher and nothing is lost."
+                "driver (nothing lost = every count equals what was published). Sustained: a fixed rate "
+                f"for {settings.sustained_seconds} s at 90%, 75%, 60%, 45% of each tool's own median burst "
+                f"throughput, highest first; a rate passes when the slowest sink finishes within "
+                f"{SUSTAINED_MAX_LAG_S:.0f} s of the publisher and nothing is lost. Peak RSS at the end-to-end "
+                "rate is taken from the passing sustained run (the burst runs hold their whole backlog in "
+                "memory)."
             ),
             "ingestd_events_per_s": ours,
             "ingestd_lost_events": sum(run["lost_total"] for run in runs["ingestd"]),
-            "ingestd_peak_rss_mib": max(run["peak_rss_mib"] for run in runs["ingestd"]),
+            "ingestd_peak_rss_mib_burst": max(run["peak_rss_mib"] for run in runs["ingestd"]),
+            "ingestd_peak_rss_mib": sustained_peak_rss(sustained.get("ingestd"))
+            or max(run["peak_rss_mib"] for run in runs["ingestd"]),
             "ingestd_cpu_s_per_million": lib.summary([run["cpu_s_per_million"] for run in runs["ingestd"]]),
             "sustained": sustained,
             "runs": runs,
@@ -521,14 +552,14 @@ class Bench:
                 "benthos_events_per_s": theirs,
                 "ratio": lib.ratio(ours["median"], theirs["median"]),
                 "benthos_lost_events": sum(run["lost_total"] for run in runs["benthos"]),
-                "benthos_peak_rss_mib": max(run["peak_rss_mib"] for run in runs["benthos"]),
+                "benthos_peak_rss_mib_burst": max(run["peak_rss_mib"] for run in runs["benthos"]),
+                "benthos_peak_rss_mib": sustained_peak_rss(sustained.get("benthos"))
+                or max(run["peak_rss_mib"] for run in runs["benthos"]),
                 "benthos_cpu_s_per_million": lib.summary([run["cpu_s_per_million"] for run in runs["benthos"]]),
             })
             if "ingestd" in sustained and "benthos" in sustained:
                 result["sustained_ratio"] = lib.ratio(
-                    sustained["ingestd"]["offered_rate"] if sustained["ingestd"]["passed"] else None,
-                    sustained["benthos"]["offered_rate"] if sustained["benthos"]["passed"] else None,
-                )
+                    sustained["ingestd"]["sustained_events_per_s"], sustained["benthos"]["sustained_events_per_s"])
         else:
             result["benthos"] = self.args.benthos_note or "Benthos binary not available"
             result["ratio"] = None
@@ -567,6 +598,7 @@ class Bench:
         results, t0 = self.publish(server.url, names["channel"], count, f"{names['tag']}m", rate=rate)
         t_published = time.time()
         trace, t_done, last = self.wait_counts(written, warmup + count, stall_seconds=60, interval=0.1)
+        done_at = {sink: round(at - t0, 2) for sink, at in self.last_done_at.items()}
         after = lib.proc_stat(process.pid)
         samples = sampler.stop()
         process.stop(timeout=60)
@@ -585,6 +617,7 @@ class Bench:
             "completed": t_done is not None,
             "lag_after_publisher_s": (t_done - t_published) if t_done else None,
             "written_metric": last,
+            "sink_done_after_s": done_at,
             "store_counts": stores,
             "expected_per_store": expected,
             "lost": lost,
@@ -596,7 +629,7 @@ class Bench:
             "rss_trace": [(round(sample[0] - t0, 2), round(sample[2] / 2**20, 1)) for sample in samples["tool"]][::4],
         }
         if rate:
-            run["passed"] = bool(t_done and run["lag_after_publisher_s"] < 3 and run["lost_total"] == 0)
+            run["passed"] = bool(t_done and run["lag_after_publisher_s"] <= SUSTAINED_MAX_LAG_S and run["lost_total"] == 0)
         server.stop()
         return run
 
@@ -772,6 +805,108 @@ class Bench:
         server.stop()
         return result
 
+    # --- scenario 6: memory with /metrics never scraped ---
+
+    def scenario_unscraped(self):
+        """The Prometheus exporter buffers every histogram sample until it is rendered or
+        its upkeep runs: RSS at a steady rate with /metrics never scraped vs scraped every
+        second (as a Prometheus server would)."""
+        settings = self.settings
+        rate, seconds = 20_000, (10 if settings.quick else 20)
+        result = {
+            "description": (
+                f"ingestd with five blackhole sinks at a fixed {rate:,} events/s for {seconds} s, once with "
+                "/metrics never scraped and once scraped every second; RSS growth per minute of each"
+            ),
+            "rate": rate,
+            "seconds": seconds,
+        }
+        for scraped in (False, True):
+            server = self.redis(f"unscraped-{scraped}")
+            channel = f"bench.unscraped.{int(scraped)}"
+            process = self.start_ingestd(f"unscraped-{int(scraped)}", self.blackhole_toml(channel), {}, server.url)
+            self.wait_subscribed(server, channel)
+            publisher = self.track(lib.Process(
+                "publish",
+                [self.benchraw, "publish", "--url", server.url, "--channel", channel, "--count",
+                 str(rate * seconds), "--rate", str(rate), "--id-prefix", f"u{int(scraped)}"],
+                log_path=os.path.join(self.workdir, "unscraped-publish.log")))
+            samples = []
+            started = time.time()
+            while publisher.alive():
+                if scraped:
+                    try:
+                        lib.scrape(process.http + "/metrics")
+                    except OSError:
+                        pass
+                stat = lib.proc_stat(process.pid)
+                if stat:
+                    samples.append((time.time() - started, stat[1]))
+                time.sleep(1)
+            process.stop()
+            server.stop()
+            # Slope of RSS over the second half (the first half includes warm-up allocations).
+            tail = [sample for sample in samples if sample[0] >= seconds / 2]
+            slope = ((tail[-1][1] - tail[0][1]) / (tail[-1][0] - tail[0][0]) * 60 / 2**20
+                     if len(tail) > 1 and tail[-1][0] > tail[0][0] else None)
+            key = "scraped" if scraped else "never_scraped"
+            result[key] = {
+                "rss_growth_mib_per_min": slope,
+                "rss_end_mib": samples[-1][1] / 2**20 if samples else None,
+                "rss_trace": [(round(at, 1), round(value / 2**20, 1)) for at, value in samples],
+            }
+        return result
+
+    # --- diagnostics: where ingestd's per-event CPU and memory go ---
+
+    def scenario_diagnostics(self):
+        """Figures behind the bottleneck analysis, kept so a fix shows up as a before/after:
+        decoder cost vs a single-pass prototype, resident bytes per queued event, and the
+        cost of fan-out (one vs five blackhole sinks draining the same backlog)."""
+        settings = self.settings
+        micro = lib.run_json([self.benchraw, "microbench-decode", "--count", "300000"], timeout=300,
+                             log_path=os.path.join(self.workdir, "microbench.log"))
+        result = {
+            "description": (
+                "decode: ns per event of ingestd::event::decode vs a single-pass serde visitor (benchraw "
+                "microbench-decode); memory: resident bytes per decoded event held in memory; fan-out: "
+                "the ingest-ceiling drain with 1 and with 5 blackhole sinks (events/s, CPU us per event, "
+                "context switches per 1000 events, all threads)"
+            ),
+            "decode": micro,
+            "fan_out": {},
+        }
+        count = 150_000 if settings.quick else 400_000
+        for sinks in (1, 5):
+            server = self.redis(f"diag-{sinks}")
+            control = server.client()
+            control.command("CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 0 0")
+            control.close()
+            channel = f"bench.diag.{sinks}"
+            lines = [f'channels = ["{channel}"]']
+            for index in range(sinks):
+                lines += [f"[sinks.s{index}]", 'batch = { max_events = 1000, max_bytes = "4MiB", linger = "50ms" }',
+                          f"[sinks.s{index}.blackhole]"]
+            names = [f"s{index}" for index in range(sinks)]
+            process = self.start_ingestd(f"diag-{sinks}", "\n".join(lines) + "\n", {}, server.url)
+            self.wait_subscribed(server, channel)
+            self.publish(server.url, channel, 20_000, "dw")
+            self.wait_counts(lambda: self.ingestd_written(process, names), 20_000, stall_seconds=10)
+            switches_before = context_switches(process.pid)
+            before = lib.proc_stat(process.pid)
+            _, t0 = self.publish(server.url, channel, count, "dm")
+            _, t_done, _ = self.wait_counts(lambda: self.ingestd_written(process, names), 20_000 + count, stall_seconds=10)
+            after = lib.proc_stat(process.pid)
+            switches_after = context_switches(process.pid)
+            process.stop()
+            server.stop()
+            result["fan_out"][f"{sinks}_sinks"] = {
+                "events_per_s": count / (t_done - t0) if t_done else None,
+                "cpu_us_per_event": (after[0] - before[0]) / count * 1e6 if after and before else None,
+                "context_switches_per_1000_events": (switches_after - switches_before) / count * 1000,
+            }
+        return result
+
     # --- scenario 5: resources during an outage ---
 
     def scenario_outage(self):
@@ -925,6 +1060,8 @@ class Bench:
             ("per_sink", self.scenario_sinks),
             ("latency", self.scenario_latency),
             ("outage", self.scenario_outage),
+            ("unscraped", self.scenario_unscraped),
+            ("diagnostics", self.scenario_diagnostics),
         ]
         wanted = set(self.args.only.split(",")) if self.args.only else None
         stores = {"end_to_end", "per_sink", "latency", "outage"}
@@ -967,15 +1104,19 @@ def evaluate_targets(results):
         drops = ceiling["ingestd_dropped_by_redis"]
         add("never dropped by Redis while the publishers run flat out", drops, "0 drops", drops == 0)
     e2e = results.get("end_to_end", {})
+    if e2e.get("sustained_ratio") is not None:
+        figure = e2e["sustained_ratio"]
+        add("end to end vs Benthos (sustained, nothing lost)", figure, ">= 2x", figure >= TARGETS["end_to_end_vs_benthos"])
     figure = e2e.get("ratio")
-    add("end to end vs Benthos", figure, ">= 2x", None if figure is None else figure >= TARGETS["end_to_end_vs_benthos"])
+    add("end to end vs Benthos (burst throughput)", figure, ">= 2x",
+        None if figure is None else figure >= TARGETS["end_to_end_vs_benthos"])
     if "ingestd_lost_events" in e2e:
         add("end to end: nothing lost (store counts)", e2e["ingestd_lost_events"], "0", e2e["ingestd_lost_events"] == 0)
     for sink in SINKS:
         figure = results.get("per_sink", {}).get(sink, {}).get("ratio")
         add(f"{sink} sink vs raw client", figure, ">= 0.8x", None if figure is None else figure >= TARGETS["per_sink_ratio"])
     figure = e2e.get("ingestd_peak_rss_mib")
-    add("peak RSS at the end-to-end rate (MiB)", figure, "< 100", None if figure is None else figure < TARGETS["peak_rss_mib"])
+    add("peak RSS at the sustained end-to-end rate (MiB)", figure, "< 100", None if figure is None else figure < TARGETS["peak_rss_mib"])
     outage = results.get("outage", {})
     if "within_bound" in outage:
         add("RSS growth during a sink outage within queue capacity x event size",
@@ -983,7 +1124,45 @@ def evaluate_targets(results):
         lost = outage.get("lost") or {}
         total_lost = sum(max(value, 0) for value in lost.values()) if lost else None
         add("outage: nothing lost", total_lost, "0", None if total_lost is None else total_lost == 0)
+    unscraped = results.get("unscraped", {}).get("never_scraped", {})
+    if unscraped.get("rss_growth_mib_per_min") is not None:
+        figure = unscraped["rss_growth_mib_per_min"]
+        add("steady RSS with /metrics never scraped (MiB/min)", figure, "< 1", figure < 1)
     return targets
+
+
+def prune_runs(work, keep):
+    """Keeps the work directories (logs, private redis dirs) of the last `keep` runs."""
+    try:
+        runs = sorted(entry for entry in os.listdir(work) if entry.startswith("b"))
+    except FileNotFoundError:
+        return
+    for old in runs[:-keep]:
+        shutil.rmtree(os.path.join(work, old), ignore_errors=True)
+
+
+def sustained_peak_rss(sustained):
+    """Peak RSS of the passing sustained run (the tool at its end-to-end rate), if any."""
+    if not sustained:
+        return None
+    for attempt in sustained.get("attempts", []):
+        if attempt.get("passed"):
+            return attempt["peak_rss_mib"]
+    return None
+
+
+def context_switches(pid):
+    """Voluntary + involuntary context switches of every thread of `pid`."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                for line in status:
+                    if "ctxt_switches" in line:
+                        total += int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
 
 
 def git_commit():
@@ -1065,6 +1244,13 @@ def render_markdown(results):
         lines.append(
             f"| end to end, events/s (5 stores vs Benthos v4.27.0) | {fmt_summary(e2e['ingestd_events_per_s'])} | {baseline} "
             f"| {fmt(e2e.get('ratio'), 2)}x |")
+    sustained = e2e.get("sustained") or {}
+    if sustained:
+        ours_rate = (sustained.get("ingestd") or {}).get("sustained_events_per_s")
+        theirs_rate = (sustained.get("benthos") or {}).get("sustained_events_per_s")
+        lines.append(
+            f"| end to end, sustained events/s with nothing lost | {fmt(ours_rate)} | {fmt(theirs_rate)} "
+            f"| {fmt(e2e.get('sustained_ratio'), 2)}x |")
     for sink in SINKS:
         entry = results.get("per_sink", {}).get(sink)
         if entry and "ratio" in entry:
@@ -1085,8 +1271,10 @@ def render_markdown(results):
     if "ingestd_cpu_s_per_million" in e2e:
         lines.append(f"| CPU s per million events, end to end | {fmt_summary(e2e['ingestd_cpu_s_per_million'], 1)} "
                      f"| {fmt_summary(e2e.get('benthos_cpu_s_per_million'), 1)} (Benthos) |")
-        lines.append(f"| peak RSS, end to end (MiB) | {fmt(e2e.get('ingestd_peak_rss_mib'), 1)} "
+        lines.append(f"| peak RSS at the sustained end-to-end rate (MiB) | {fmt(e2e.get('ingestd_peak_rss_mib'), 1)} "
                      f"| {fmt(e2e.get('benthos_peak_rss_mib'), 1)} (Benthos) |")
+        lines.append(f"| peak RSS, end-to-end burst (MiB) | {fmt(e2e.get('ingestd_peak_rss_mib_burst'), 1)} "
+                     f"| {fmt(e2e.get('benthos_peak_rss_mib_burst'), 1)} (Benthos) |")
     if "ingestd_peak_rss_mib" in ceiling:
         lines.append(f"| peak RSS, ingest ceiling (MiB) | {fmt(ceiling['ingestd_peak_rss_mib'], 1)} | |")
     outage = results.get("outage", {})
@@ -1100,6 +1288,25 @@ def render_markdown(results):
             f"| outage: lost events / Redis drops / recovery after endpoint is back | "
             f"{fmt(sum(max(v, 0) for v in (outage.get('lost') or {}).values()) if outage.get('lost') is not None else None)} / "
             f"{outage['redis_drops']} / {fmt(outage.get('recovered_seconds_after_up'), 1)} s | |")
+    unscraped = results.get("unscraped", {})
+    if "never_scraped" in unscraped:
+        lines.append(
+            f"| RSS growth at {unscraped['rate']:,} ev/s, /metrics never scraped / scraped every 1 s (MiB/min) | "
+            f"{fmt(unscraped['never_scraped']['rss_growth_mib_per_min'], 1)} / "
+            f"{fmt(unscraped['scraped']['rss_growth_mib_per_min'], 1)} | |")
+    diagnostics = results.get("diagnostics", {})
+    if "decode" in diagnostics:
+        decode = diagnostics["decode"]
+        lines += ["", "| diagnostics (before/after figures for the bottlenecks) | value |", "|---|---|",
+                  f"| decode, ns per event: ingestd / single-pass prototype | {fmt(decode['ingestd_decode_ns_per_event'], 0)} / "
+                  f"{fmt(decode['single_pass_visitor_ns_per_event'], 0)} |",
+                  f"| resident bytes per decoded event (payload {fmt(decode['payload_bytes_per_event'], 0)} B) | "
+                  f"{fmt(decode['resident_bytes_per_decoded_event'], 0)} |"]
+        for name, entry in diagnostics.get("fan_out", {}).items():
+            lines.append(
+                f"| drain with {name.replace('_', ' ')}: events/s, CPU us/event, context switches/1000 events | "
+                f"{fmt(entry['events_per_s'])} / {fmt(entry['cpu_us_per_event'], 2)} / "
+                f"{fmt(entry['context_switches_per_1000_events'], 0)} |")
     errors = [f"- {key}: {value['error']}" for key, value in results.items() if isinstance(value, dict) and "error" in value]
     if errors:
         lines += ["", "Scenarios that failed in this run:", ""] + errors
@@ -1112,8 +1319,11 @@ def main():
     parser.add_argument("--reps", type=int, default=0, help="repetitions per scenario (default 3; quick 1)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every event count")
     parser.add_argument("--latency-rate", type=int, default=0, help="events/s of the latency scenario")
-    parser.add_argument("--outage-seconds", type=int, default=0, help="length of the sink outage")
-    parser.add_argument("--only", default="", help="comma-separated: ingest_ceiling,end_to_end,per_sink,latency,outage")
+    parser.add_argument("--latency-seconds", type=int, default=0, help="length of the latency measurement (default 20; quick 8)")
+    parser.add_argument("--outage-seconds", type=int, default=0, help="length of the sink outage (default 30; quick 10)")
+    parser.add_argument("--sustained-seconds", type=int, default=None,
+                        help="length of each sustained end-to-end run (default 15; quick 0 = skipped)")
+    parser.add_argument("--only", default="", help="comma-separated: ingest_ceiling,end_to_end,per_sink,latency,outage,unscraped,diagnostics")
     parser.add_argument("--ingestd", required=True)
     parser.add_argument("--benchraw", required=True)
     parser.add_argument("--benthos", default="")
@@ -1122,6 +1332,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
     args = parser.parse_args()
     bench = Bench(args)
+    prune_runs(args.work, keep=5)
     log(f"run {bench.run_id}: work dir {bench.workdir}")
     results = bench.run()
     os.makedirs(args.out, exist_ok=True)

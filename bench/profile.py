@@ -6,6 +6,7 @@ cannot sample here.
 
   python3 bench/profile.py ceiling --events 1000000     # source -> decode -> blackholes
   python3 bench/profile.py e2e --events 40000           # the shipped pipeline, 5 stores
+  python3 bench/profile.py cassandra --events 200000    # one sink alone (any of the five)
 
 Needs the release binaries (bench/run builds them) and, for e2e, the local services.
 Writes bench/work/profile-<workload>.{data,txt}.
@@ -25,7 +26,7 @@ import lib  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workload", choices=["ceiling", "e2e"])
+    parser.add_argument("workload", choices=["ceiling", "e2e"] + harness.SINKS)
     parser.add_argument("--events", type=int, default=0)
     parser.add_argument("--tool", choices=["perf", "callgrind"], default="perf")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(harness.REPO, "target"))
@@ -45,12 +46,21 @@ def main():
         channel = "bench.profile"
         process = bench.start_ingestd("profile", bench.blackhole_toml(channel), {}, server.url)
         sinks = harness.SINKS
-    else:
+    elif args.workload == "e2e":
         events = args.events or 40_000
         names = bench.names("profile", "i", 0, server.url)
         channel = names["channel"]
         process = bench.start_ingestd("profile", bench.analytics_toml(), bench.store_env(names), server.url)
         sinks = harness.SINKS
+    else:
+        events = args.events or 200_000
+        sink = args.workload
+        names = bench.names("profile", "i", 0, server.url)
+        channel = names["channel"]
+        env = {key: value for key, value in bench.store_env(names).items()
+               if "__SINKS__" not in key or f"__SINKS__{sink.upper()}__" in key}
+        process = bench.start_ingestd("profile", bench.single_sink_toml(sink, channel), env, server.url)
+        sinks = [sink]
     bench.wait_subscribed(server, channel)
     data = os.path.join(work, f"profile-{args.workload}.data")
     if args.tool == "perf" and shutil.which("perf"):

@@ -109,10 +109,8 @@ pub async fn run(arguments: CountArgs) -> anyhow::Result<()> {
         if !arguments.leaderboard_keys.is_empty() {
             let mut total = 0u64;
             for key in &arguments.leaderboard_keys {
-                let seen = ingestd::sinks::redis_aggregate::seen_key(
-                    key,
-                    &arguments.leaderboard_sink_id,
-                );
+                let seen =
+                    ingestd::sinks::redis_aggregate::seen_key(key, &arguments.leaderboard_sink_id);
                 let members: u64 = redis::cmd("SCARD")
                     .arg(&seen)
                     .query_async(&mut connection)

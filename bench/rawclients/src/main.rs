@@ -6,6 +6,7 @@
 
 mod cleanup;
 mod count;
+mod microbench;
 mod payload;
 mod progress;
 mod publish;
@@ -15,7 +16,10 @@ mod write;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "benchraw", about = "ingestd benchmark baselines and load tools")]
+#[command(
+    name = "benchraw",
+    about = "ingestd benchmark baselines and load tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,6 +37,8 @@ enum Command {
     Count(count::CountArgs),
     /// Drop what a run created in the shared stores.
     Cleanup(cleanup::CleanupArgs),
+    /// Time ingestd's event decoder against a single-pass prototype.
+    MicrobenchDecode(microbench::MicrobenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             Command::Write(arguments) => write::run(arguments).await,
             Command::Count(arguments) => count::run(arguments).await,
             Command::Cleanup(arguments) => cleanup::run(arguments).await,
+            Command::MicrobenchDecode(arguments) => microbench::run(arguments).await,
         }
     })
 }

@@ -16,15 +16,16 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The `sequence`th event, stamped `timestamp` (RFC 3339 UTC with milliseconds).
-    /// Keys are in serde_json's (sorted) order, as `valid_event` prints them.
+    /// The `sequence`th event, stamped `timestamp` (RFC 3339 UTC with milliseconds). Keys
+    /// are in `valid_event`'s order (serde_json keeps insertion order in this build: bson
+    /// turns on its `preserve_order` feature), so the bytes are the same.
     pub fn event_json(&self, sequence: u64, timestamp: &str) -> String {
         let user = sequence % self.users.max(1);
         let amount = ((sequence % 1000) as f64) / 10.0 + 1.0;
-        // serde_json's float formatting, so the bytes match `valid_event`.
+        // serde_json's float formatting, as `valid_event` prints it.
         let amount = serde_json::Value::from(amount).to_string();
         format!(
-            r#"{{"amount":{amount},"data":{{"seq":{sequence},"sku":"sku-{sku}"}},"event_id":"{prefix}-{sequence}","event_type":"{event_type}","timestamp":"{timestamp}","user_id":"user-{user}"}}"#,
+            r#"{{"event_id":"{prefix}-{sequence}","user_id":"user-{user}","event_type":"{event_type}","timestamp":"{timestamp}","amount":{amount},"data":{{"sku":"sku-{sku}","seq":{sequence}}}}}"#,
             sku = sequence % 97,
             prefix = self.id_prefix,
             event_type = self.event_type,
@@ -84,11 +85,11 @@ mod tests {
         };
         for sequence in [0, 1, 7, 999, 1000, 123_456] {
             let theirs = valid_event(&plan, sequence);
-            let timestamp = serde_json::from_str::<serde_json::Value>(&theirs).unwrap()
-                ["timestamp"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let timestamp =
+                serde_json::from_str::<serde_json::Value>(&theirs).unwrap()["timestamp"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
             assert_eq!(shape.event_json(sequence, &timestamp), theirs);
         }
     }

@@ -33,8 +33,7 @@ pub async fn run(arguments: SubscribeArgs) -> anyhow::Result<()> {
         Duration::from_millis(arguments.progress_ms),
     );
     let mut messages = pubsub.on_message();
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let disconnected = loop {
         tokio::select! {
             message = messages.next() => {

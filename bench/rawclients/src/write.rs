@@ -390,7 +390,10 @@ fn dynamo_item(event: &Event, ingested_at: &str) -> HashMap<String, AttributeVal
     if let Some(amount) = event.amount {
         item.insert("amount".to_string(), AttributeValue::N(format!("{amount}")));
     }
-    item.insert("data".to_string(), AttributeValue::M(attribute_map(&event.data)));
+    item.insert(
+        "data".to_string(),
+        AttributeValue::M(attribute_map(&event.data)),
+    );
     item.insert("ingested_at".to_string(), text(ingested_at.to_string()));
     item
 }
@@ -575,6 +578,9 @@ result[2] = after
 return result
 "#;
 
+/// One member of a board-day and its `(event_id, score)` contributions, in batch order.
+type MemberScores<'a> = (&'a str, Vec<(&'a str, f64)>);
+
 async fn leaderboard_loop(
     arguments: &WriteArgs,
     events: &[Arc<Event>],
@@ -588,7 +594,7 @@ async fn leaderboard_loop(
     // Per batch: one invocation per UTC day, members in order of first appearance.
     let mut pipelines = Vec::new();
     for batch in events.chunks(arguments.batch.max(1)) {
-        let mut days: Vec<(NaiveDate, Vec<(&str, Vec<(&str, f64)>)>)> = Vec::new();
+        let mut days: Vec<(NaiveDate, Vec<MemberScores<'_>>)> = Vec::new();
         for event in batch {
             let Some(amount) = event.amount else { continue };
             let day = event.timestamp.date_naive();
@@ -611,12 +617,20 @@ async fn leaderboard_loop(
         let mut pipeline = redis::pipe();
         for (day, members) in days {
             let key = format!("{}{}", arguments.key_prefix, day.format("%Y-%m-%d"));
-            let expire_at =
-                day.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp() + 86_400 + ttl_secs;
+            let expire_at = day
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp()
+                + 86_400
+                + ttl_secs;
             let mut invocation = script.prepare_invoke();
             invocation
                 .key(&key)
-                .key(ingestd::sinks::redis_aggregate::seen_key(&key, &arguments.sink_id))
+                .key(ingestd::sinks::redis_aggregate::seen_key(
+                    &key,
+                    &arguments.sink_id,
+                ))
                 .arg(expire_at)
                 .arg("increment");
             for (member, contributions) in &members {
@@ -680,7 +694,10 @@ async fn rate_counter_loop(
             let mut invocation = script.prepare_invoke();
             invocation
                 .key(key)
-                .key(ingestd::sinks::redis_aggregate::seen_key(key, &arguments.sink_id))
+                .key(ingestd::sinks::redis_aggregate::seen_key(
+                    key,
+                    &arguments.sink_id,
+                ))
                 .arg(ttl_secs);
             for event_id in &ids_of_key[key] {
                 invocation.arg(*event_id);
