@@ -8,6 +8,7 @@
 //! - [`sources`]: Redis pub/sub with reconnect; hands events to the router.
 //! - [`pipeline`]: router, per-sink queues, batching runners, retry schedule, acks.
 //! - [`sinks`]: the [`sinks::Sink`] trait and one module per store.
+//! - [`spool`]: the crash-safe local overflow of a sink's queue (segments, replay).
 //! - [`deadletter`]: the dead-letter stream (write, list, replay).
 //! - [`telemetry`]: metric names, the HTTP listener, logging.
 //! - [`app`]: wiring and graceful shutdown.
@@ -22,4 +23,5 @@ pub mod publish;
 pub mod redis_client;
 pub mod sinks;
 pub mod sources;
+pub mod spool;
 pub mod telemetry;
