@@ -41,6 +41,8 @@ pub fn base_config() -> Config {
     config.http.listen = "127.0.0.1:0".to_string();
     config.dead_letter.stream = unique("test-dead-letter");
     config.shutdown.deadline = Duration::from_secs(30);
+    // A private spool: tests never replay each other's leftovers.
+    config.spool.dir = std::env::temp_dir().join(unique("ingestd-test-spool"));
     config
 }
 
