@@ -191,16 +191,7 @@ async fn a_flood_of_malformed_messages_loses_no_valid_event_and_dead_letters_eve
     assert!(daemon.0.try_wait().unwrap().is_none(), "no crash");
     let peak_kib = peak_rss_kib(daemon.0.id());
 
-    let stored: HashSet<String> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let stored: HashSet<String> = common::file_sink_event_ids(&output).into_iter().collect();
     assert_eq!(stored, valid_ids, "every valid event stored");
     assert_eq!(lines(), 10_000, "none twice");
 

@@ -308,3 +308,15 @@ pub async fn wait_stream_len(stream: &str, length: usize, timeout: Duration) {
     })
     .await;
 }
+
+/// The `event_id` of every line a `file` sink wrote, in file order (duplicates kept).
+pub fn file_sink_event_ids(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            value["event_id"].as_str().expect("event_id").to_string()
+        })
+        .collect()
+}
