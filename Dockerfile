@@ -52,7 +52,9 @@ FROM ${RUNTIME_IMAGE}
 ARG INGESTD_UID=10001
 RUN groupadd --gid "${INGESTD_UID}" ingestd \
     && useradd --no-log-init --uid "${INGESTD_UID}" --gid ingestd --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin ingestd
+       --home-dir /nonexistent --shell /usr/sbin/nologin ingestd \
+    && mkdir -p /var/lib/ingestd/spool \
+    && chown "${INGESTD_UID}:${INGESTD_UID}" /var/lib/ingestd/spool
 
 # The binary, the shipped pipelines and a default config; the CA bundle is for TLS to
 # AWS, MongoDB Atlas or rediss:// (the runtime base has no ca-certificates package).
@@ -66,6 +68,11 @@ COPY deploy/container/ingestd.toml /etc/ingestd/ingestd.toml
 ENV INGESTD_CONFIG_FILE=/etc/ingestd/ingestd.toml \
     INGESTD_PIPELINES_DIR=/etc/ingestd/pipelines \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+
+# The crash-safe spool (spool.dir in the default config): the only path ingestd writes,
+# and only while a sink's queue is full. Mount a persistent volume here so spooled
+# events survive the container.
+VOLUME /var/lib/ingestd/spool
 
 USER ${INGESTD_UID}:${INGESTD_UID}
 WORKDIR /etc/ingestd

@@ -4,7 +4,8 @@
 //! Shutdown order: the source stops reading; entry queues close; each runner drains its
 //! queue and settles its in-flight batches (a rate-limit gate then closes the queues it
 //! feeds); dead letters are flushed; the Streams source acknowledges the last entries;
-//! the HTTP listener stops last.
+//! spools are closed (past the deadline, what is only in memory is first moved to the
+//! spools); the HTTP listener stops last.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OnLimit, SourceKind};
 use crate::deadletter;
-use crate::pipeline::queue::SinkQueue;
+use crate::pipeline::queue::{self, SinkQueue};
 use crate::pipeline::router::{PipelineEntry, Router};
 use crate::pipeline::runner::{Forward, SinkRunner};
 use crate::redis_client;
@@ -28,6 +29,9 @@ use crate::sources::pubsub::PubSubSource;
 use crate::sources::streams::StreamsSource;
 use crate::telemetry::http::{self, Readiness};
 use crate::telemetry::metrics::{self, SinkMetrics};
+
+/// After the shutdown deadline, how long runners get to hand unwritten batches to the spool.
+const EVACUATION_GRACE: Duration = Duration::from_secs(3);
 
 /// A configured process, not yet started.
 pub struct App {
@@ -82,6 +86,7 @@ impl App {
         let mut router = Router::new();
         let mut runners = Vec::new();
         let mut all_sinks: Vec<(String, Arc<dyn Sink>)> = Vec::new();
+        let mut all_queues: Vec<Arc<SinkQueue>> = Vec::new();
         for (pipeline_name, pipeline) in &config.pipelines {
             let mut queues: Vec<(String, Arc<SinkQueue>, bool)> = Vec::new();
             let mut built: Vec<(String, Arc<dyn Sink>)> = Vec::new();
@@ -103,11 +108,16 @@ impl App {
                     })?,
                 };
                 let sink_metrics = SinkMetrics::new(pipeline_name, sink_name, sink_config.kind());
-                let queue = Arc::new(SinkQueue::new(
-                    sink_config.queue.capacity,
-                    sink_config.queue.when_full,
+                let queue = SinkQueue::open(
+                    &sink_config.queue,
+                    &config.spool,
+                    pipeline_name,
+                    sink_name,
                     sink_metrics,
-                ));
+                )
+                .await
+                .with_context(|| format!("pipelines.{pipeline_name}.sinks.{sink_name}.queue"))?;
+                all_queues.push(Arc::clone(&queue));
                 queues.push((sink_name.clone(), queue, sink_config.is_rate_counter()));
                 built.push((sink_name.clone(), Arc::clone(&sink)));
                 all_sinks.push((format!("{pipeline_name}.{sink_name}"), sink));
@@ -246,6 +256,17 @@ impl App {
                 }
             })
             .await;
+            // Past the deadline: what is only in memory goes to the spools, and runners
+            // get a moment to hand back the batches they are retrying.
+            if drained.is_err() && queue::evacuate_all(&all_queues).await {
+                let _ = tokio::time::timeout(EVACUATION_GRACE, async {
+                    while runner_tasks.join_next().await.is_some() {}
+                })
+                .await;
+            }
+            queue::close_spools(&all_queues).await;
+            // Past the deadline the Streams source acknowledges what is settled (spooled
+            // events included); the rest stays pending and is read again at the next start.
             if drained.is_err()
                 && let Some(acker) = acker
             {

@@ -9,6 +9,7 @@
 //!   (acknowledged once stored); hands events to the router.
 //! - [`pipeline`]: router, per-sink queues, batching runners, retry schedule, acks.
 //! - [`sinks`]: the [`sinks::Sink`] trait and one module per store.
+//! - [`spool`]: the crash-safe local overflow of a sink's queue (segments, replay).
 //! - [`deadletter`]: the dead-letter stream (write, list, replay).
 //! - [`telemetry`]: metric names, the HTTP listener, logging.
 //! - [`app`]: wiring and graceful shutdown.
@@ -23,4 +24,5 @@ pub mod publish;
 pub mod redis_client;
 pub mod sinks;
 pub mod sources;
+pub mod spool;
 pub mod telemetry;

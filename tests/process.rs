@@ -262,17 +262,9 @@ async fn sigterm_flushes_every_event_in_flight_then_exits_zero() {
     signal(&daemon, "TERM");
     let code = wait_exit(&mut daemon, Duration::from_secs(30));
     assert_eq!(code, 0);
-    let lines = std::fs::read_to_string(&output).unwrap();
-    let stored: HashSet<String> = lines
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(lines.lines().count(), 2_000);
+    let written = common::file_sink_event_ids(&output);
+    assert_eq!(written.len(), 2_000);
+    let stored: HashSet<String> = written.into_iter().collect();
     assert_eq!(stored, ids.into_iter().collect::<HashSet<_>>());
 }
 

@@ -702,17 +702,9 @@ async fn sigterm_acknowledges_everything_before_exiting_zero() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)), 0);
     assert_eq!(pending(&stream, &group).await, 0, "everything acknowledged");
-    let lines = std::fs::read_to_string(&output).unwrap();
-    let ids: HashSet<String> = lines
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(lines.lines().count(), total);
+    let written = common::file_sink_event_ids(&output);
+    assert_eq!(written.len(), total);
+    let ids: HashSet<String> = written.into_iter().collect();
     assert_eq!(ids.len(), total);
 }
 

@@ -235,8 +235,14 @@ configmaps = {cm["metadata"]["name"]: cm for cm in by_kind["ConfigMap"]}
 mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
 env = {item["name"]: item.get("value") for item in container["env"]}
 for volume in spec["volumes"]:
+    if "configMap" not in volume:
+        continue
     name = volume["configMap"]["name"]
     check(name in configmaps, "k8s volume %s refers to ConfigMap %s defined here" % (volume["name"], name))
+spool_dir = re.search(r'^dir = "([^"]+)"', configmaps["ingestd-config"]["data"]["ingestd.toml"], re.M)
+check(spool_dir and mounts.get("spool") == spool_dir.group(1) and
+      any(volume["name"] == "spool" and "configMap" not in volume for volume in spec["volumes"]),
+      "k8s spool.dir is a writable volume (the root filesystem is read-only)")
 check(env.get("INGESTD_CONFIG_FILE", "").startswith(mounts.get("config", "?") + "/") and
       env.get("INGESTD_PIPELINES_DIR") == mounts.get("pipelines"),
       "k8s INGESTD_CONFIG_FILE / INGESTD_PIPELINES_DIR point into the mounted ConfigMaps")

@@ -11,7 +11,7 @@ use super::{Config, ConfigError, ConfigProblem};
 
 /// Top-level keys the environment may set; other `INGESTD_*` variables (e.g. those of
 /// `deploy/local/services`) are not configuration and are ignored.
-const ENV_SECTIONS: [&str; 7] = [
+const ENV_SECTIONS: [&str; 8] = [
     "redis",
     "source",
     "http",
@@ -19,6 +19,7 @@ const ENV_SECTIONS: [&str; 7] = [
     "shutdown",
     "dead_letter",
     "pipelines",
+    "spool",
 ];
 
 /// A validated configuration and the figment it came from (for provenance).

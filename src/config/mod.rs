@@ -36,6 +36,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The dead-letter stream.
     pub dead_letter: DeadLetterConfig,
+    /// The local spool of sinks whose queue overflows (`queue.when_full = "spool"`).
+    pub spool: SpoolConfig,
     /// Pipelines by name; each `pipelines/NAME.toml` file defines `pipelines.NAME`.
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
@@ -229,7 +231,8 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// After SIGTERM, how long queues and batches may take to flush before exiting anyway.
+    /// After SIGTERM, how long queues and batches may take to flush before exiting anyway
+    /// (past it, events only in memory are moved to the spool first: a few seconds more).
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
 }
@@ -338,9 +341,12 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
+    /// Spill to the sink's local spool (`[spool]`) and replay in order as room frees.
+    #[default]
+    Spool,
     /// Make the source wait (the source stops reading: Redis may drop a slow subscriber).
     Block,
     /// Discard the oldest queued event, counted in `ingestd_sink_dropped_events_total`.
@@ -352,7 +358,7 @@ pub enum WhenFull {
 pub struct QueueConfig {
     /// Events held in memory for this sink.
     pub capacity: usize,
-    /// `block` or `drop_oldest`.
+    /// `spool`, `block` or `drop_oldest`.
     pub when_full: WhenFull,
 }
 
@@ -360,7 +366,57 @@ impl Default for QueueConfig {
     fn default() -> QueueConfig {
         QueueConfig {
             capacity: 20_000,
-            when_full: WhenFull::Block,
+            when_full: WhenFull::Spool,
+        }
+    }
+}
+
+/// When spool writes are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every write (group commit of what arrived together): survives power loss.
+    Always,
+    /// Every `fsync_interval` and when a segment is closed: loses at most that much on
+    /// power loss, nothing when only the process dies.
+    #[default]
+    Interval,
+    /// Never: the OS writes back when it likes; survives a process crash, not power loss.
+    Never,
+}
+
+/// The spool: when a sink's queue is full (e.g. the sink is down), its events go to
+/// segment files in `{dir}/{pipeline}/{sink}/` and are replayed in order when room frees
+/// and at the next start. A segment is deleted once every event read from it is written
+/// or dead-lettered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Base directory (the container uses `/var/lib/ingestd/spool`); one process per
+    /// directory (a lock file enforces it).
+    pub dir: PathBuf,
+    /// Largest spool of one sink. When reached, new events for that sink are dropped and
+    /// counted in `ingestd_spool_dropped_events_total{reason="full"}`; what is spooled
+    /// is kept and replayed in order.
+    pub max_bytes: ByteSize,
+    /// A segment file is closed and a new one started at this size; space is given back
+    /// a whole segment at a time.
+    pub segment_bytes: ByteSize,
+    /// `always`, `interval` or `never`.
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`, how often.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> SpoolConfig {
+        SpoolConfig {
+            dir: PathBuf::from("./spool"),
+            max_bytes: ByteSize::gib(1),
+            segment_bytes: ByteSize::mib(8),
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: Duration::from_millis(100),
         }
     }
 }
@@ -433,6 +489,7 @@ impl Config {
             ));
         }
         problems.extend(self.source.validate());
+        problems.extend(self.spool.validate());
         for (pipeline_name, pipeline) in &self.pipelines {
             let prefix = format!("pipelines.{pipeline_name}");
             problems.extend(pipeline.validate_inputs(self.source.kind, &prefix));
@@ -563,6 +620,44 @@ impl PipelineConfig {
                     ));
                 }
             }
+        }
+        problems
+    }
+}
+
+impl SpoolConfig {
+    /// Pure checks, as `(key, reason)`.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if self.dir.as_os_str().is_empty() {
+            problems.push((
+                "spool.dir".to_string(),
+                "must not be empty (e.g. \"/var/lib/ingestd/spool\")".to_string(),
+            ));
+        }
+        if self.segment_bytes.as_u64() < 4096 {
+            problems.push((
+                "spool.segment_bytes".to_string(),
+                format!(
+                    "{} is too small: at least \"4KiB\" (e.g. \"8MiB\")",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if self.max_bytes.as_u64() < self.segment_bytes.as_u64() {
+            problems.push((
+                "spool.max_bytes".to_string(),
+                format!(
+                    "{} is smaller than spool.segment_bytes ({}): raise it (e.g. \"1GiB\")",
+                    self.max_bytes, self.segment_bytes
+                ),
+            ));
+        }
+        if self.fsync == FsyncPolicy::Interval && self.fsync_interval.is_zero() {
+            problems.push((
+                "spool.fsync_interval".to_string(),
+                "must be greater than 0 with fsync = \"interval\" (e.g. \"100ms\")".to_string(),
+            ));
         }
         problems
     }

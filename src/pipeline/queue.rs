@@ -1,20 +1,35 @@
 //! One bounded queue per sink, so a slow sink never stalls another.
 //!
-//! When full, `block` makes the producer wait and `drop_oldest` discards the oldest event
-//! (counted). Closing the queue lets the consumer drain what is left, then stop.
+//! When full, `spool` spills to the sink's [`Spool`] and a replayer task brings spooled
+//! events back in order as room frees; once spilling, new events go to the spool too until
+//! it is drained, so order holds and memory stays bounded by the capacity. `block` makes
+//! the producer wait; `drop_oldest` discards the oldest event (counted). Closing lets the
+//! consumer drain what is left, spool included, then stop; a shutdown past its deadline
+//! evacuates what is only in memory to the spool instead.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{BatchConfig, WhenFull};
+use crate::config::{BatchConfig, QueueConfig, SpoolConfig, WhenFull};
 use crate::event::Event;
+use crate::spool::Spool;
 use crate::telemetry::metrics::SinkMetrics;
+
+/// Events the replayer moves from the spool to the queue at a time, at most.
+const REPLAY_CHUNK: usize = 4096;
 
 struct State {
     events: VecDeque<Arc<Event>>,
     closed: bool,
+    /// New events go to the spool until the replayer has drained it.
+    spilling: bool,
+    /// Shutdown past its deadline: memory was moved to the spool, nothing more is served.
+    evacuating: bool,
 }
 
 pub struct SinkQueue {
@@ -26,6 +41,10 @@ pub struct SinkQueue {
     /// Wakes blocked producers when room is made.
     not_full: Notify,
     metrics: SinkMetrics,
+    /// Set with `when_full = "spool"`.
+    spool: Option<Arc<Spool>>,
+    evacuated: CancellationToken,
+    replayer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SinkQueue {
@@ -36,17 +55,52 @@ impl SinkQueue {
             state: Mutex::new(State {
                 events: VecDeque::with_capacity(capacity.min(65_536)),
                 closed: false,
+                spilling: false,
+                evacuating: false,
             }),
             capacity,
             when_full,
             not_empty: Notify::new(),
             not_full: Notify::new(),
             metrics,
+            spool: None,
+            evacuated: CancellationToken::new(),
+            replayer: Mutex::new(None),
         }
+    }
+
+    /// The queue of `pipeline.sink` as configured; with `when_full = "spool"` it opens the
+    /// sink's spool and starts the replayer, which first replays what an earlier run left.
+    pub async fn open(
+        queue: &QueueConfig,
+        spool: &SpoolConfig,
+        pipeline: &str,
+        sink: &str,
+        metrics: SinkMetrics,
+    ) -> anyhow::Result<Arc<SinkQueue>> {
+        if queue.when_full != WhenFull::Spool {
+            return Ok(Arc::new(SinkQueue::new(
+                queue.capacity,
+                queue.when_full,
+                metrics,
+            )));
+        }
+        let spool = Spool::open(spool, pipeline, sink).await?;
+        let mut sink_queue = SinkQueue::new(queue.capacity, WhenFull::Spool, metrics);
+        // Spooled events are older than anything the source will read now.
+        sink_queue.state.get_mut().expect("queue lock").spilling = spool.has_backlog();
+        sink_queue.spool = Some(spool);
+        let sink_queue = Arc::new(sink_queue);
+        let replayer = tokio::spawn(Arc::clone(&sink_queue).replay());
+        *sink_queue.replayer.lock().expect("queue lock") = Some(replayer);
+        Ok(sink_queue)
     }
 
     /// Queues one event, applying the `when_full` policy. Returns false once closed.
     pub async fn push(&self, event: Arc<Event>) -> bool {
+        if let (WhenFull::Spool, Some(spool)) = (self.when_full, &self.spool) {
+            return self.push_or_spill(spool, event).await;
+        }
         let mut pending = Some(event);
         loop {
             // Register interest before checking, so a pop between check and wait is not missed.
@@ -80,12 +134,174 @@ impl SinkQueue {
         }
     }
 
-    /// Stops intake; the consumer still drains what is queued.
+    async fn push_or_spill(&self, spool: &Spool, event: Arc<Event>) -> bool {
+        let (admitted, started) = {
+            let mut state = self.state.lock().expect("queue lock");
+            // After an evacuation, late events (a gate forwarding) still go to the spool.
+            if state.closed && !state.evacuating {
+                return false;
+            }
+            if !state.spilling && !state.evacuating && state.events.len() < self.capacity {
+                state.events.push_back(event);
+                self.metrics.queue_depth.set(state.events.len() as f64);
+                drop(state);
+                self.not_empty.notify_one();
+                return true;
+            }
+            let started = !state.spilling;
+            state.spilling = true;
+            (spool.reserve(&event), started)
+        };
+        if started {
+            spool.note_spill_started();
+            spool.wake();
+        }
+        if admitted {
+            spool.send(event).await;
+        }
+        true
+    }
+
+    /// Moves spooled events back into the queue as room frees, in order, and ends the
+    /// spill once the spool is drained. Runs while the queue has a spool.
+    async fn replay(self: Arc<Self>) {
+        let spool = Arc::clone(self.spool.as_ref().expect("the replayer has a spool"));
+        loop {
+            let (spilling, room, stop) = {
+                let state = self.state.lock().expect("queue lock");
+                (
+                    state.spilling,
+                    self.capacity.saturating_sub(state.events.len()),
+                    state.evacuating || (state.closed && !state.spilling),
+                )
+            };
+            if stop {
+                return;
+            }
+            if !spilling || room == 0 {
+                spool.woken().await;
+                continue;
+            }
+            let events = spool.read(room.min(REPLAY_CHUNK)).await;
+            if !events.is_empty() {
+                let mut state = self.state.lock().expect("queue lock");
+                if state.evacuating {
+                    // Their segments are frozen on disk: the next start replays them.
+                    return;
+                }
+                state.events.extend(events);
+                self.metrics.queue_depth.set(state.events.len() as f64);
+                drop(state);
+                self.not_empty.notify_one();
+                continue;
+            }
+            let drained = {
+                let mut state = self.state.lock().expect("queue lock");
+                if state.evacuating {
+                    return;
+                }
+                // Under the queue lock: no producer can reserve between the check and the switch.
+                let drained = spool.finish_spill();
+                if drained {
+                    state.spilling = false;
+                }
+                drained
+            };
+            if drained {
+                spool.release_reader().await;
+                // A consumer waiting to finish a closed queue may stop now.
+                self.not_empty.notify_waiters();
+                self.not_empty.notify_one();
+                continue;
+            }
+            spool.woken().await;
+        }
+    }
+
+    /// Stops intake; the consumer still drains what is queued (and spooled).
     pub fn close(&self) {
         self.state.lock().expect("queue lock").closed = true;
         self.not_empty.notify_waiters();
         self.not_empty.notify_one();
         self.not_full.notify_waiters();
+        if let Some(spool) = &self.spool {
+            spool.wake();
+        }
+    }
+
+    /// Shutdown past its deadline, spool queues only: keeps what would otherwise be lost.
+    /// The spool's segments are frozen (events read from them but not settled are replayed
+    /// at the next start), what is only in memory is spooled, the replayer and the consumer
+    /// stop, and runners hand back the batches they are retrying ([`SinkQueue::hand_back`]).
+    /// Order is not kept for these events: they are appended after what is spooled.
+    pub async fn evacuate(&self) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        spool.freeze();
+        let taken: Vec<Arc<Event>> = {
+            let mut state = self.state.lock().expect("queue lock");
+            state.closed = true;
+            state.evacuating = true;
+            self.metrics.queue_depth.set(0.0);
+            state.events.drain(..).collect()
+        };
+        self.evacuated.cancel();
+        self.not_empty.notify_waiters();
+        self.not_empty.notify_one();
+        self.not_full.notify_waiters();
+        spool.wake();
+        self.hand_back(taken).await;
+    }
+
+    /// Spools events that will not be written now (shutdown past its deadline), except
+    /// those already kept in this sink's spool. Without a spool they are lost, as before.
+    pub async fn hand_back(&self, events: Vec<Arc<Event>>) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        for event in events {
+            if spool.holds(&event) {
+                continue;
+            }
+            spool.append(event).await;
+        }
+    }
+
+    /// Sleeps `delay` (a retry backoff); true if the queue was evacuated meanwhile.
+    pub async fn sleep_unless_evacuated(&self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.evacuated.cancelled() => true,
+            _ = tokio::time::sleep(delay) => false,
+        }
+    }
+
+    /// After the queue is drained or evacuated: stops the replayer and closes the spool
+    /// (flushed, fsynced, directory released).
+    pub async fn close_spool(&self) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let unfinished = {
+            let mut state = self.state.lock().expect("queue lock");
+            state.closed = true;
+            state.spilling || !state.events.is_empty()
+        };
+        if unfinished {
+            // Whatever is still queued was not written: keep its segments.
+            spool.freeze();
+        }
+        spool.wake();
+        let replayer = self.replayer.lock().expect("queue lock").take();
+        if let Some(mut replayer) = replayer
+            && tokio::time::timeout(Duration::from_secs(1), &mut replayer)
+                .await
+                .is_err()
+        {
+            replayer.abort();
+        }
+        spool.close().await;
     }
 
     pub fn len(&self) -> usize {
@@ -105,7 +321,7 @@ impl SinkQueue {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let arrival = self.not_empty.notified();
-            let closed = {
+            let done = {
                 let mut state = self.state.lock().expect("queue lock");
                 while taken.len() < batch.max_events {
                     let Some(front) = state.events.front() else {
@@ -123,16 +339,17 @@ impl SinkQueue {
                     }
                 }
                 self.metrics.queue_depth.set(state.events.len() as f64);
-                state.closed
+                // Nothing more will arrive: closed with the spool drained, or evacuated.
+                state.evacuating || (state.closed && !state.spilling)
             };
             if !taken.is_empty() {
-                self.not_full.notify_waiters();
+                self.room_made();
             }
             let full = taken.len() >= batch.max_events || taken_bytes >= max_bytes;
-            if full || (closed && !taken.is_empty()) {
+            if full || (done && !taken.is_empty()) {
                 return Some(taken);
             }
-            if closed {
+            if done {
                 // Closed and nothing left: but a racing push may have landed; check once more.
                 if self.is_empty() {
                     return None;
@@ -159,6 +376,33 @@ impl SinkQueue {
     }
 }
 
+impl SinkQueue {
+    fn room_made(&self) {
+        self.not_full.notify_waiters();
+        if let Some(spool) = &self.spool {
+            spool.wake();
+        }
+    }
+}
+
+/// After a shutdown deadline: evacuates every spool queue (see [`SinkQueue::evacuate`]).
+/// Returns whether any queue has a spool (only then is it worth waiting for runners).
+pub async fn evacuate_all(queues: &[Arc<SinkQueue>]) -> bool {
+    let mut any = false;
+    for queue in queues {
+        any |= queue.spool.is_some();
+        queue.evacuate().await;
+    }
+    any
+}
+
+/// At the end of a run: closes every queue's spool (see [`SinkQueue::close_spool`]).
+pub async fn close_spools(queues: &[Arc<SinkQueue>]) {
+    for queue in queues {
+        queue.close_spool().await;
+    }
+}
+
 fn continue_after_linger(
     queue: &SinkQueue,
     taken: &mut Vec<Arc<Event>>,
@@ -179,5 +423,5 @@ fn continue_after_linger(
     }
     queue.metrics.queue_depth.set(state.events.len() as f64);
     drop(state);
-    queue.not_full.notify_waiters();
+    queue.room_made();
 }

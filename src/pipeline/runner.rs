@@ -1,7 +1,8 @@
 //! One runner per sink: takes batches from the sink's queue, writes up to `max_in_flight`
 //! of them at once, retries only the events that failed with a retryable error, and
 //! dead-letters permanent failures and events whose retries ran out. Nothing leaves a
-//! runner unaccounted: every event is written, dead-lettered, or (rate-limit drop) counted.
+//! runner unaccounted: every event is written, dead-lettered, (rate-limit drop) counted, or
+//! at a shutdown past its deadline handed back to the sink's spool.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -125,7 +126,11 @@ impl SinkRunner {
                 Some(delay) => {
                     self.metrics.retries.increment(1);
                     tracing::debug!(sink = %self.metrics.sink, events = retry.len(), ?delay, "retrying batch");
-                    tokio::time::sleep(delay).await;
+                    if self.queue.sleep_unless_evacuated(delay).await {
+                        // Shutdown past its deadline: the spool keeps them for the next start.
+                        self.queue.hand_back(retry).await;
+                        return;
+                    }
                     pending = retry;
                 }
                 None => {

@@ -31,6 +31,13 @@ enum SessionEnd {
     Disconnected,
 }
 
+/// Per-channel state of the read loop: the shared channel name and its counters.
+struct ChannelCounters {
+    name: Arc<str>,
+    received: Counter,
+    received_bytes: Counter,
+}
+
 pub struct PubSubSource {
     pub redis: RedisConfig,
     pub source: SourceConfig,
@@ -46,7 +53,7 @@ impl PubSubSource {
         let channels = self.router.channels();
         let patterns = self.router.patterns();
         let mut delays = self.new_backoff();
-        let mut counters: HashMap<String, (Counter, Counter)> = HashMap::new();
+        let mut counters: HashMap<String, ChannelCounters> = HashMap::new();
         // Kept across sessions: numbers published while disconnected are gaps too.
         let mut sequences = self
             .source
@@ -111,13 +118,12 @@ impl PubSubSource {
     async fn read_session(
         &self,
         mut pubsub: redis::aio::PubSub,
-        counters: &mut HashMap<String, (Counter, Counter)>,
+        counters: &mut HashMap<String, ChannelCounters>,
         sequences: &mut Option<SequenceGaps>,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         let max_event_bytes = self.source.max_event_bytes.as_u64() as usize;
         let mut messages = pubsub.on_message();
-        let mut channel_names: HashMap<String, Arc<str>> = HashMap::new();
         loop {
             let message = tokio::select! {
                 biased;
@@ -129,15 +135,24 @@ impl PubSubSource {
             };
             let channel_name = message.get_channel_name();
             let payload = bytes::Bytes::copy_from_slice(message.get_payload_bytes());
-            let (received, received_bytes) = counters
-                .entry(channel_name.to_string())
-                .or_insert_with(|| metrics::source_received(SOURCE, channel_name));
-            received.increment(1);
-            received_bytes.increment(payload.len() as u64);
-            let channel = channel_names
-                .entry(channel_name.to_string())
-                .or_insert_with(|| Arc::from(channel_name))
-                .clone();
+            // Hot path: a lookup by &str, allocating only the first time a channel is seen.
+            if !counters.contains_key(channel_name) {
+                let (received, received_bytes) = metrics::source_received(SOURCE, channel_name);
+                counters.insert(
+                    channel_name.to_string(),
+                    ChannelCounters {
+                        name: Arc::from(channel_name),
+                        received,
+                        received_bytes,
+                    },
+                );
+            }
+            let channel_counters = &counters[channel_name];
+            channel_counters.received.increment(1);
+            channel_counters
+                .received_bytes
+                .increment(payload.len() as u64);
+            let channel = Arc::clone(&channel_counters.name);
             let pattern: Option<String> = message.get_pattern().ok().flatten();
             let message = super::Message {
                 channel,

@@ -36,6 +36,10 @@ pub const END_TO_END_LATENCY: &str = "ingestd_end_to_end_latency_seconds";
 pub const DEAD_LETTERS: &str = "ingestd_dead_letters_total";
 pub const DEAD_LETTER_WRITE_ERRORS: &str = "ingestd_dead_letter_write_errors_total";
 pub const SPOOL_BYTES: &str = "ingestd_spool_bytes";
+pub const SPOOL_RECORDS: &str = "ingestd_spool_records_total";
+pub const SPOOL_CORRUPT_RECORDS: &str = "ingestd_spool_corrupt_records_total";
+pub const SPOOL_SKIPPED_BYTES: &str = "ingestd_spool_skipped_bytes_total";
+pub const SPOOL_DROPPED: &str = "ingestd_spool_dropped_events_total";
 pub const RATE_LIMITED_EVENTS: &str = "ingestd_rate_limited_events_total";
 pub const RATE_LIMIT_EXCEEDED: &str = "ingestd_rate_limit_exceeded_total";
 pub const LEADERBOARD_UPDATES: &str = "ingestd_leaderboard_updates_total";
@@ -143,6 +147,22 @@ fn describe() {
         "Failed attempts to write to the dead-letter stream."
     );
     describe_gauge!(SPOOL_BYTES, "Bytes held in a sink's local spool.");
+    describe_counter!(
+        SPOOL_RECORDS,
+        "Events written to a sink's spool (op=written) and handed back to its queue (op=replayed)."
+    );
+    describe_counter!(
+        SPOOL_CORRUPT_RECORDS,
+        "Damaged spool regions skipped on replay (torn tail, checksum mismatch); each lost at least one event."
+    );
+    describe_counter!(
+        SPOOL_SKIPPED_BYTES,
+        "Bytes of damaged spool regions skipped on replay."
+    );
+    describe_counter!(
+        SPOOL_DROPPED,
+        "Events a spool could not keep, by reason (full, too_large, write_error, shutdown)."
+    );
     describe_counter!(RATE_LIMITED_EVENTS, "Events over their rate limit.");
     describe_counter!(
         RATE_LIMIT_EXCEEDED,
@@ -198,6 +218,42 @@ impl SinkMetrics {
     /// Per event and error kind; kinds are few so the lookup is acceptable off the hot path.
     pub fn write_errors(&self, error_kind: &'static str, count: u64) {
         counter!(SINK_WRITE_ERRORS, "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone(), "error" => error_kind)
+            .increment(count);
+    }
+}
+
+/// Handles for the spool of one sink of one pipeline.
+#[derive(Clone)]
+pub struct SpoolMetrics {
+    pub pipeline: String,
+    pub sink: String,
+    pub bytes: Gauge,
+    pub written: Counter,
+    pub replayed: Counter,
+    pub corrupt_records: Counter,
+    pub skipped_bytes: Counter,
+}
+
+impl SpoolMetrics {
+    pub fn new(pipeline: &str, sink: &str) -> SpoolMetrics {
+        let labels = [
+            ("pipeline", pipeline.to_string()),
+            ("sink", sink.to_string()),
+        ];
+        SpoolMetrics {
+            pipeline: pipeline.to_string(),
+            sink: sink.to_string(),
+            bytes: gauge!(SPOOL_BYTES, &labels),
+            written: counter!(SPOOL_RECORDS, "pipeline" => pipeline.to_string(), "sink" => sink.to_string(), "op" => "written"),
+            replayed: counter!(SPOOL_RECORDS, "pipeline" => pipeline.to_string(), "sink" => sink.to_string(), "op" => "replayed"),
+            corrupt_records: counter!(SPOOL_CORRUPT_RECORDS, &labels),
+            skipped_bytes: counter!(SPOOL_SKIPPED_BYTES, &labels),
+        }
+    }
+
+    /// Drops are rare (a full disk, a shutdown past its deadline): a lookup is fine.
+    pub fn dropped(&self, reason: &'static str, count: u64) {
+        counter!(SPOOL_DROPPED, "pipeline" => self.pipeline.clone(), "sink" => self.sink.clone(), "reason" => reason)
             .increment(count);
     }
 }

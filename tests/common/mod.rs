@@ -41,6 +41,8 @@ pub fn base_config() -> Config {
     config.http.listen = "127.0.0.1:0".to_string();
     config.dead_letter.stream = unique("test-dead-letter");
     config.shutdown.deadline = Duration::from_secs(30);
+    // A private spool: tests never replay each other's leftovers.
+    config.spool.dir = std::env::temp_dir().join(unique("ingestd-test-spool"));
     config
 }
 
@@ -305,4 +307,16 @@ pub async fn wait_stream_len(stream: &str, length: usize, timeout: Duration) {
         }
     })
     .await;
+}
+
+/// The `event_id` of every line a `file` sink wrote, in file order (duplicates kept).
+pub fn file_sink_event_ids(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            value["event_id"].as_str().expect("event_id").to_string()
+        })
+        .collect()
 }
