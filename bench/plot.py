@@ -73,14 +73,22 @@ def main(json_path, png_path):
         memory.plot([point[0] for point in trace], [point[1] for point in trace], color="tab:blue", label="ingestd RSS")
         start, end = outage.get("outage_window", [0, 0])
         memory.axvspan(start, end, color="tab:red", alpha=0.15, label="DynamoDB endpoint down")
-        bound = outage.get("rss_before_mib", 0) + outage.get("memory_bound_mib", 0)
-        memory.axhline(bound, color="tab:red", linestyle="--", label="before + capacity x event size")
+        before = outage.get("rss_before_mib", 0)
+        memory.axhline(before + outage.get("memory_bound_mib", 0), color="tab:red", linestyle="--",
+                       label="before + capacity x payload size")
+        if outage.get("memory_bound_resident_mib"):
+            memory.axhline(before + outage["memory_bound_resident_mib"], color="tab:purple", linestyle="--",
+                           label="before + held events x resident size")
         queue = outage.get("queue_trace") or []
         if queue:
             depth = memory.twinx()
             depth.plot([point[0] for point in queue], [point[1] for point in queue], color="tab:gray", linestyle=":",
                        label="dynamodb queue depth")
-            depth.set_ylabel("queued events")
+            if len(queue[0]) > 4:
+                depth.plot([point[0] for point in queue], [point[4] / 1000 for point in queue], color="tab:brown",
+                           linestyle="-.", label="dynamodb spool (kB)")
+            depth.set_ylabel("queued events / spool kB")
+            depth.legend(loc="lower right", fontsize=8)
         memory.set_xlabel("s")
         memory.set_ylabel("MiB")
         memory.legend(loc="upper left", fontsize=8)
