@@ -188,6 +188,7 @@ impl App {
         } else {
             (None, None)
         };
+        let _upkeep = metrics::spawn_upkeep(prometheus.clone(), http_shutdown.clone());
         let (http_addr, http_task) = http::serve(
             listen,
             prometheus,

@@ -80,6 +80,25 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Histogram samples pile up in the recorder until they are drained; a scrape drains
+/// them, but an instance nobody scrapes would grow without bound (measured by bench/:
+/// ~100 MiB/min at 20,000 events/s). This task drains them every few seconds instead.
+pub fn spawn_upkeep(
+    handle: PrometheusHandle,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => handle.run_upkeep(),
+            }
+        }
+    })
+}
+
 fn describe() {
     describe_counter!(
         SOURCE_EVENTS_RECEIVED,
