@@ -3,10 +3,13 @@
 //! Decoding never panics and never drops input silently: every rejection carries a
 //! machine-readable [`InvalidReason`] so the caller can dead-letter the original bytes.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::Deserializer;
+use serde::de::{MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::pipeline::ack::AckToken;
@@ -128,6 +131,11 @@ pub fn format_timestamp(timestamp: &DateTime<Utc>) -> String {
 
 /// Decodes one message. `max_event_bytes` is checked before parsing so huge payloads
 /// cost nothing.
+///
+/// One pass over the top-level object: the known fields are picked out as they stream
+/// by (no intermediate map to build, hash and remove from), unknown ones go to `data`.
+/// The checks then run in a fixed order, so a message with several faults always gets
+/// the same reason.
 pub fn decode(
     payload: bytes::Bytes,
     channel: Arc<str>,
@@ -143,25 +151,22 @@ pub fn decode(
             ),
         ));
     }
-    let value: Value = match serde_json::from_slice(&payload) {
-        Ok(value) => value,
-        Err(error) => {
-            return Err(InvalidEvent::new(InvalidReason::NotJson, error.to_string()));
-        }
+    let mut fields = match parse_fields(&payload) {
+        Ok(fields) => fields,
+        Err(error) => return Err(classify_parse_error(&payload, error)),
     };
-    let Value::Object(mut object) = value else {
-        return Err(InvalidEvent::new(
-            InvalidReason::NotObject,
-            "message is JSON but not an object",
-        ));
-    };
-    let user_id = take_string(&mut object, "user_id", MAX_USER_ID_BYTES, true)?
+    let user_id = take_string(&mut fields.user_id, "user_id", MAX_USER_ID_BYTES, true)?
         .expect("required field is present");
-    let event_type = take_string(&mut object, "event_type", MAX_EVENT_TYPE_BYTES, true)?
-        .expect("required field is present");
-    let timestamp = take_timestamp(&mut object)?;
-    let event_id = take_string(&mut object, "event_id", MAX_EVENT_ID_BYTES, false)?;
-    let amount = match object.remove("amount") {
+    let event_type = take_string(
+        &mut fields.event_type,
+        "event_type",
+        MAX_EVENT_TYPE_BYTES,
+        true,
+    )?
+    .expect("required field is present");
+    let timestamp = take_timestamp(fields.timestamp.take())?;
+    let event_id = take_string(&mut fields.event_id, "event_id", MAX_EVENT_ID_BYTES, false)?;
+    let amount = match fields.amount.take() {
         None | Some(Value::Null) => None,
         Some(Value::Number(number)) => match number.as_f64() {
             Some(amount) if amount.is_finite() => Some(amount),
@@ -179,7 +184,7 @@ pub fn decode(
             ));
         }
     };
-    let mut data = match object.remove("data") {
+    let mut data = match fields.data.take() {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(data)) => data,
         Some(other) => {
@@ -190,7 +195,7 @@ pub fn decode(
         }
     };
     // Unknown top-level fields are kept inside `data`; an explicit `data` key wins.
-    for (key, value) in object {
+    for (key, value) in fields.extra {
         data.entry(key).or_insert(value);
     }
     let event_id = match event_id {
@@ -212,13 +217,80 @@ pub fn decode(
     })
 }
 
+/// The top-level fields of a message, as read; validated by [`decode`].
+#[derive(Default)]
+struct Fields {
+    user_id: Option<Value>,
+    event_type: Option<Value>,
+    timestamp: Option<Value>,
+    event_id: Option<Value>,
+    amount: Option<Value>,
+    data: Option<Value>,
+    /// Unknown top-level fields in input order (a repeated key: the last one wins).
+    extra: Map<String, Value>,
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+        let mut fields = Fields::default();
+        // Borrowed keys: the known ones are never allocated.
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "user_id" => &mut fields.user_id,
+                "event_type" => &mut fields.event_type,
+                "timestamp" => &mut fields.timestamp,
+                "event_id" => &mut fields.event_id,
+                "amount" => &mut fields.amount,
+                "data" => &mut fields.data,
+                _ => {
+                    let value = map.next_value::<Value>()?;
+                    fields.extra.insert(key.into_owned(), value);
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value::<Value>()?);
+        }
+        Ok(fields)
+    }
+}
+
+fn parse_fields(payload: &[u8]) -> Result<Fields, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    let fields = deserializer.deserialize_map(FieldsVisitor)?;
+    deserializer.end()?;
+    Ok(fields)
+}
+
+/// A failed parse is `not_object` when the input is valid JSON of another type, else
+/// `not_json` (the rare path: only then is the input parsed a second time, as a `Value`
+/// so nesting past serde_json's depth limit stays `not_json`).
+fn classify_parse_error(payload: &[u8], error: serde_json::Error) -> InvalidEvent {
+    if error.classify() == serde_json::error::Category::Data
+        && serde_json::from_slice::<Value>(payload).is_ok()
+    {
+        return InvalidEvent::new(
+            InvalidReason::NotObject,
+            "message is JSON but not an object",
+        );
+    }
+    InvalidEvent::new(InvalidReason::NotJson, error.to_string())
+}
+
 fn take_string(
-    object: &mut Map<String, Value>,
+    slot: &mut Option<Value>,
     field: &str,
     max_bytes: usize,
     required: bool,
 ) -> Result<Option<String>, InvalidEvent> {
-    match object.remove(field) {
+    match slot.take() {
         None | Some(Value::Null) if required => Err(InvalidEvent::new(
             InvalidReason::MissingField,
             format!("{field} is required"),
@@ -240,8 +312,8 @@ fn take_string(
     }
 }
 
-fn take_timestamp(object: &mut Map<String, Value>) -> Result<DateTime<Utc>, InvalidEvent> {
-    let parsed = match object.remove("timestamp") {
+fn take_timestamp(value: Option<Value>) -> Result<DateTime<Utc>, InvalidEvent> {
+    let parsed = match value {
         None | Some(Value::Null) => {
             return Err(InvalidEvent::new(
                 InvalidReason::MissingField,
@@ -326,6 +398,37 @@ mod tests {
         assert_eq!(event.data["sku"], "a");
         assert_eq!(event.data["extra"], 1);
         assert_eq!(event.event_id, "u1_2026-11-24T09:00:00.123Z");
+    }
+
+    #[test]
+    fn explicit_data_wins_over_unknown_fields_and_the_last_repeat_wins() {
+        let event = decode_str(
+            r#"{"sku":"top","user_id":"old","data":{"sku":"inner"},"user_id":"u2","event_type":"t","timestamp":1,"n":[1,{"a":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(event.user_id, "u2");
+        assert_eq!(event.data["sku"], "inner");
+        assert_eq!(event.data["n"], serde_json::json!([1, {"a": null}]));
+        let keys: Vec<&str> = event.data.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["sku", "n"]);
+    }
+
+    #[test]
+    fn json_that_is_not_an_object() {
+        for input in ["null", "\"text\"", "12", "[]", " [1, 2] "] {
+            assert_eq!(
+                decode_str(input).unwrap_err().reason,
+                InvalidReason::NotObject,
+                "input {input}"
+            );
+        }
+        for input in ["", "{", "{\"user_id\":}", "{} x", "[1,]"] {
+            assert_eq!(
+                decode_str(input).unwrap_err().reason,
+                InvalidReason::NotJson,
+                "input {input}"
+            );
+        }
     }
 
     #[test]

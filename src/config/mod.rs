@@ -54,6 +54,9 @@ pub struct RedisConfig {
     pub password: Option<Secret>,
     /// A file holding the password (e.g. a mounted Kubernetes secret).
     pub password_file: Option<PathBuf>,
+    /// With `rediss://`: a PEM file of the CA certificate(s) that signed the server's
+    /// certificate (a private CA, e.g. a cloud provider's). Unset: Mozilla's root store.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -63,6 +66,7 @@ impl Default for RedisConfig {
             username: None,
             password: None,
             password_file: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -93,6 +97,13 @@ pub struct SourceConfig {
     /// Longest delay between reconnect attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Pub/sub only: bytes read from the socket but not yet decoded, at most. The socket
+    /// is always drained, so Redis never disconnects ingestd at its output-buffer limit
+    /// (`client-output-buffer-limit pubsub`, 32 MB by default) and loses what it held.
+    /// When decoding falls this far behind, newly read messages are shed instead, each
+    /// counted in `ingestd_source_shed_total{channel}`. Larger absorbs longer bursts at the
+    /// cost of memory.
+    pub read_buffer: ByteSize,
     /// The consumer group reading, when `kind = "streams"`.
     pub streams: StreamsConfig,
     /// Per-publisher sequence numbers checked on pub/sub, so loss upstream of ingestd
@@ -107,6 +118,7 @@ impl Default for SourceConfig {
             max_event_bytes: ByteSize::kib(64),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
+            read_buffer: ByteSize::mib(64),
             streams: StreamsConfig::default(),
             sequence: SequenceConfig::default(),
         }
@@ -471,6 +483,15 @@ impl Config {
             problems.push((
                 "source.max_event_bytes".to_string(),
                 "must be greater than 0 (e.g. \"64KiB\")".to_string(),
+            ));
+        }
+        if self.source.read_buffer.as_u64() < 64 * 1024 {
+            problems.push((
+                "source.read_buffer".to_string(),
+                format!(
+                    "{} is too small to hold one read from the socket: use at least \"64KiB\" (default \"64MiB\")",
+                    self.source.read_buffer
+                ),
             ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -25,6 +25,14 @@ const REPLAY_CHUNK: usize = 4096;
 
 struct State {
     events: VecDeque<Arc<Event>>,
+    /// Sum of `size_bytes` of `events`.
+    bytes: usize,
+    /// The waiting consumer wants a wake-up once this many events are queued (0: it is
+    /// not waiting). Producers notify only then, not on every event: a lingering batch
+    /// is woken when it can be filled, not once per arrival.
+    wake_at_events: usize,
+    /// Same, in bytes.
+    wake_at_bytes: usize,
     closed: bool,
     /// New events go to the spool until the replayer has drained it.
     spilling: bool,
@@ -54,6 +62,9 @@ impl SinkQueue {
         SinkQueue {
             state: Mutex::new(State {
                 events: VecDeque::with_capacity(capacity.min(65_536)),
+                bytes: 0,
+                wake_at_events: 0,
+                wake_at_bytes: 0,
                 closed: false,
                 spilling: false,
                 evacuating: false,
@@ -111,26 +122,56 @@ impl SinkQueue {
                     return false;
                 }
                 if state.events.len() < self.capacity {
-                    state
-                        .events
-                        .push_back(pending.take().expect("event present"));
+                    state.append(pending.take().expect("event present"));
                     self.metrics.queue_depth.set(state.events.len() as f64);
-                    drop(state);
-                    self.not_empty.notify_one();
+                    self.wake_if_wanted(state);
                     return true;
                 }
                 if self.when_full == WhenFull::DropOldest {
-                    state.events.pop_front();
-                    state
-                        .events
-                        .push_back(pending.take().expect("event present"));
-                    drop(state);
+                    state.pop();
+                    state.append(pending.take().expect("event present"));
                     self.metrics.dropped.increment(1);
-                    self.not_empty.notify_one();
+                    self.wake_if_wanted(state);
                     return true;
                 }
             }
             room.await;
+        }
+    }
+
+    /// Queues events in order, as [`SinkQueue::push`] would one by one, but under one
+    /// lock and with at most one wake-up while they fit; the rest go through `push`.
+    pub async fn push_many(&self, events: Vec<Arc<Event>>) -> bool {
+        let mut events = events.into_iter();
+        {
+            let mut state = self.state.lock().expect("queue lock");
+            if !state.closed && !state.spilling && !state.evacuating {
+                let room = self.capacity.saturating_sub(state.events.len());
+                for event in events.by_ref().take(room) {
+                    state.append(event);
+                }
+                self.metrics.queue_depth.set(state.events.len() as f64);
+                self.wake_if_wanted(state);
+            }
+        }
+        for event in events {
+            if !self.push(event).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Wakes the consumer if it waits for what is now queued; releases the lock first.
+    fn wake_if_wanted(&self, mut state: std::sync::MutexGuard<'_, State>) {
+        let wanted = state.wake_at_events != 0
+            && (state.events.len() >= state.wake_at_events || state.bytes >= state.wake_at_bytes);
+        if wanted {
+            state.wake_at_events = 0;
+        }
+        drop(state);
+        if wanted {
+            self.not_empty.notify_one();
         }
     }
 
@@ -142,10 +183,9 @@ impl SinkQueue {
                 return false;
             }
             if !state.spilling && !state.evacuating && state.events.len() < self.capacity {
-                state.events.push_back(event);
+                state.append(event);
                 self.metrics.queue_depth.set(state.events.len() as f64);
-                drop(state);
-                self.not_empty.notify_one();
+                self.wake_if_wanted(state);
                 return true;
             }
             let started = !state.spilling;
@@ -189,10 +229,11 @@ impl SinkQueue {
                     // Their segments are frozen on disk: the next start replays them.
                     return;
                 }
-                state.events.extend(events);
+                for event in events {
+                    state.append(event);
+                }
                 self.metrics.queue_depth.set(state.events.len() as f64);
-                drop(state);
-                self.not_empty.notify_one();
+                self.wake_if_wanted(state);
                 continue;
             }
             let drained = {
@@ -244,6 +285,7 @@ impl SinkQueue {
             state.closed = true;
             state.evacuating = true;
             self.metrics.queue_depth.set(0.0);
+            state.bytes = 0;
             state.events.drain(..).collect()
         };
         self.evacuated.cancel();
@@ -319,6 +361,7 @@ impl SinkQueue {
         let mut taken: Vec<Arc<Event>> = Vec::new();
         let mut taken_bytes = 0usize;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut no_room = false;
         loop {
             let arrival = self.not_empty.notified();
             let done = {
@@ -330,22 +373,32 @@ impl SinkQueue {
                     let size = front.size_bytes();
                     // A single event larger than max_bytes still forms a batch of its own.
                     if !taken.is_empty() && taken_bytes + size > max_bytes {
+                        // The next event does not fit: this batch is as full as it gets.
+                        no_room = true;
                         break;
                     }
                     taken_bytes += size;
-                    taken.push(state.events.pop_front().expect("front exists"));
+                    taken.push(state.pop().expect("front exists"));
                     if taken_bytes >= max_bytes {
                         break;
                     }
                 }
                 self.metrics.queue_depth.set(state.events.len() as f64);
+                // Woken once the batch can be completed (or, empty-handed, at the first event).
+                if taken.is_empty() {
+                    state.wake_at_events = 1;
+                    state.wake_at_bytes = 1;
+                } else {
+                    state.wake_at_events = batch.max_events.saturating_sub(taken.len()).max(1);
+                    state.wake_at_bytes = max_bytes.saturating_sub(taken_bytes).max(1);
+                }
                 // Nothing more will arrive: closed with the spool drained, or evacuated.
                 state.evacuating || (state.closed && !state.spilling)
             };
             if !taken.is_empty() {
                 self.room_made();
             }
-            let full = taken.len() >= batch.max_events || taken_bytes >= max_bytes;
+            let full = no_room || taken.len() >= batch.max_events || taken_bytes >= max_bytes;
             if full || (done && !taken.is_empty()) {
                 return Some(taken);
             }
@@ -373,6 +426,19 @@ impl SinkQueue {
                 }
             }
         }
+    }
+}
+
+impl State {
+    fn append(&mut self, event: Arc<Event>) {
+        self.bytes += event.size_bytes();
+        self.events.push_back(event);
+    }
+
+    fn pop(&mut self) -> Option<Arc<Event>> {
+        let event = self.events.pop_front()?;
+        self.bytes -= event.size_bytes();
+        Some(event)
     }
 }
 
@@ -419,8 +485,9 @@ fn continue_after_linger(
             break;
         }
         *taken_bytes += front.size_bytes();
-        taken.push(state.events.pop_front().expect("front exists"));
+        taken.push(state.pop().expect("front exists"));
     }
+    state.wake_at_events = 0;
     queue.metrics.queue_depth.set(state.events.len() as f64);
     drop(state);
     queue.room_made();

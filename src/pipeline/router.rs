@@ -67,9 +67,38 @@ impl Router {
     /// Routes an event that arrived on `channel`, or through `pattern` when it was a
     /// PSUBSCRIBE match. Returns false if no pipeline took it.
     pub async fn dispatch(&self, event: Event, pattern: Option<&str>) -> bool {
+        let mut batch = self.batch();
+        let routed = batch.add(event, pattern);
+        batch.flush().await;
+        routed
+    }
+
+    /// An empty [`Batch`] for events read together.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            router: self,
+            per_pipeline: vec![Vec::new(); self.pipelines.len()],
+            len: 0,
+        }
+    }
+}
+
+/// Events read together (one socket read), routed as they are added and pushed to each
+/// queue at once on [`Batch::flush`]: one lock and at most one consumer wake-up per queue
+/// per read instead of per event. Order is kept within each pipeline.
+pub struct Batch<'r> {
+    router: &'r Router,
+    per_pipeline: Vec<Vec<Arc<Event>>>,
+    len: usize,
+}
+
+impl Batch<'_> {
+    /// Routes `event` (see [`Router::dispatch`]); false if no pipeline took it.
+    pub fn add(&mut self, event: Event, pattern: Option<&str>) -> bool {
+        let router = self.router;
         let targets = match pattern {
-            Some(pattern) => self.by_pattern.get(pattern),
-            None => self.by_channel.get(&*event.channel),
+            Some(pattern) => router.by_pattern.get(pattern),
+            None => router.by_channel.get(&*event.channel),
         };
         let Some(targets) = targets else {
             metrics::event_unrouted();
@@ -77,10 +106,37 @@ impl Router {
         };
         let event = Arc::new(event);
         for &index in targets {
-            for queue in &self.pipelines[index].entry_queues {
-                queue.push(Arc::clone(&event)).await;
-            }
+            self.per_pipeline[index].push(Arc::clone(&event));
         }
+        self.len += 1;
         true
+    }
+
+    /// Events added since the last flush.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pushes what was added to every entry queue of its pipelines.
+    pub async fn flush(&mut self) {
+        self.len = 0;
+        for (index, events) in self.per_pipeline.iter_mut().enumerate() {
+            if events.is_empty() {
+                continue;
+            }
+            let events = std::mem::take(events);
+            let queues = &self.router.pipelines[index].entry_queues;
+            let Some((last, others)) = queues.split_last() else {
+                continue;
+            };
+            for queue in others {
+                queue.push_many(events.clone()).await;
+            }
+            last.push_many(events).await;
+        }
     }
 }

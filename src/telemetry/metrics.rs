@@ -20,6 +20,7 @@ pub const SOURCE_ACKED: &str = "ingestd_source_acked_total";
 pub const SOURCE_CLAIMED: &str = "ingestd_source_claimed_total";
 pub const SOURCE_PENDING: &str = "ingestd_source_pending";
 pub const SOURCE_SEQUENCE_GAPS: &str = "ingestd_source_sequence_gaps_total";
+pub const SOURCE_SHED: &str = "ingestd_source_shed_total";
 pub const EVENTS_INVALID: &str = "ingestd_events_invalid_total";
 pub const EVENTS_UNROUTED: &str = "ingestd_events_unrouted_total";
 pub const SINK_EVENTS_WRITTEN: &str = "ingestd_sink_events_written_total";
@@ -128,6 +129,10 @@ fn describe() {
     describe_counter!(
         SOURCE_SEQUENCE_GAPS,
         "Publisher sequence numbers never received (lost upstream of ingestd)."
+    );
+    describe_counter!(
+        SOURCE_SHED,
+        "Pub/sub messages read but shed because decoding was `source.read_buffer` behind (instead of Redis disconnecting ingestd), by channel."
     );
     describe_counter!(EVENTS_INVALID, "Messages rejected by decoding, by reason.");
     describe_counter!(
@@ -283,6 +288,10 @@ pub fn source_received(source: &'static str, channel: &str) -> (Counter, Counter
         counter!(SOURCE_EVENTS_RECEIVED, "source" => source, "channel" => channel.to_string()),
         counter!(SOURCE_BYTES_RECEIVED, "source" => source, "channel" => channel.to_string()),
     )
+}
+
+pub fn source_shed(source: &'static str, channel: &str) -> Counter {
+    counter!(SOURCE_SHED, "source" => source, "channel" => channel.to_string())
 }
 
 pub fn source_disconnected(source: &'static str) {
