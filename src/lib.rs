@@ -12,6 +12,7 @@
 //! - [`spool`]: the crash-safe local overflow of a sink's queue (segments, replay).
 //! - [`deadletter`]: the dead-letter stream (write, list, replay).
 //! - [`telemetry`]: metric names, the HTTP listener, logging.
+//! - [`tls`]: CA files and rustls client configurations for the sinks.
 //! - [`app`]: wiring and graceful shutdown.
 //! - [`publish`]: the load generator behind `ingestd publish`.
 
@@ -26,3 +27,4 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+pub mod tls;

@@ -6,6 +6,7 @@
 //! are idempotent because the row key holds `event_id`: a replay overwrites the same row.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +98,15 @@ pub struct CassandraConfig {
     pub max_batch_bytes: ByteSize,
     /// Partition batches of one write sent at the same time.
     pub max_concurrent_partitions: usize,
+    /// Connect with TLS (the nodes' `client_encryption_options` must be enabled).
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) that signed the nodes' certificates; unset = the
+    /// system's trusted roots. Needs `tls = true`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Check that a node's certificate names the IP address the driver dials (an IP
+    /// SAN); `false` still verifies the chain to the CA. The driver dials the addresses
+    /// the cluster reports, so turn it off only for certificates without IP SANs.
+    pub tls_verify_hostname: bool,
 }
 
 impl Default for CassandraConfig {
@@ -119,6 +129,9 @@ impl Default for CassandraConfig {
             max_batch_statements: 50,
             max_batch_bytes: ByteSize::kib(16),
             max_concurrent_partitions: 16,
+            tls: false,
+            tls_ca_file: None,
+            tls_verify_hostname: true,
         }
     }
 }
@@ -314,6 +327,17 @@ impl CassandraConfig {
                 "max_concurrent_partitions",
                 "must be at least 1".to_string(),
             );
+        }
+        // Reads the CA file, so `ingestd check` reports a missing or unreadable one.
+        if let Some(path) = &self.tls_ca_file {
+            if !self.tls {
+                problem(
+                    "tls_ca_file",
+                    "is set but tls = false: set tls = true to connect with TLS".to_string(),
+                );
+            } else if let Err(reason) = crate::tls::read_ca_file(path) {
+                problem("tls_ca_file", reason);
+            }
         }
         problems
     }
@@ -527,9 +551,19 @@ impl CassandraSink {
         if let (Some(username), Some(password)) = (&config.username, &config.password) {
             builder = builder.user(username, password.expose());
         }
+        if config.tls {
+            let tls = crate::tls::client_config(
+                config.tls_ca_file.as_deref(),
+                config.tls_verify_hostname,
+            )
+            .map_err(|reason| {
+                anyhow::anyhow!("sink {sink_name}: cassandra.tls_ca_file: {reason}")
+            })?;
+            builder = builder.tls_context(Some(tls));
+        }
         let session = builder.build().await.map_err(|error| {
             anyhow::anyhow!(
-                "sink {sink_name}: cannot connect to cassandra at {}: {error} (check `nodes`, credentials and that the cluster is up)",
+                "sink {sink_name}: cannot connect to cassandra at {}: {error} (check `nodes`, credentials, the `tls` settings and that the cluster is up)",
                 config.nodes.join(", ")
             )
         })?;

@@ -6,6 +6,7 @@
 //! runner per event as retryable or permanent. Items over 400 KB never leave the process.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ pub struct DynamoConfig {
     /// Endpoint override, e.g. `http://127.0.0.1:8000` for DynamoDB Local; unset or `""`
     /// = AWS.
     pub endpoint_url: Option<String>,
+    /// PEM file of the CA certificate(s) to trust for an `https://` endpoint, e.g. a
+    /// TLS proxy or a VPC endpoint with a private CA; unset = the system's trusted roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Region; unset or `""` = the AWS configuration chain (`AWS_REGION`, profile, IMDS).
     /// Credentials always come from that chain (`AWS_ACCESS_KEY_ID` /
     /// `AWS_SECRET_ACCESS_KEY`, profile, web identity, instance role), never from here.
@@ -81,6 +85,7 @@ impl Default for DynamoConfig {
             table: "Events".to_string(),
             create_table: true,
             endpoint_url: None,
+            tls_ca_file: None,
             region: None,
             max_concurrent_requests: 8,
             unprocessed_max_attempts: 8,
@@ -119,6 +124,20 @@ impl DynamoConfig {
                 "endpoint_url".to_string(),
                 format!("{endpoint_url:?} is not a URL (e.g. \"http://127.0.0.1:8000\")"),
             ));
+        }
+        // Reads the CA file, so `ingestd check` reports a missing or unreadable one.
+        if let Some(path) = &self.tls_ca_file {
+            if self
+                .endpoint_url()
+                .is_some_and(|url| url.starts_with("http://"))
+            {
+                problems.push((
+                    "tls_ca_file".to_string(),
+                    "is set but endpoint_url is http:// (no TLS): use an https:// endpoint_url or remove tls_ca_file".to_string(),
+                ));
+            } else if let Err(reason) = crate::tls::read_ca_file(path) {
+                problems.push(("tls_ca_file".to_string(), reason));
+            }
         }
         if self.max_concurrent_requests == 0 {
             problems.push((
@@ -268,7 +287,39 @@ impl DynamoSink {
         if let Some(endpoint_url) = config.endpoint_url() {
             builder = builder.endpoint_url(endpoint_url);
         }
+        if let Some(path) = &config.tls_ca_file {
+            let (pem, _) = crate::tls::read_ca_file(path)
+                .map_err(|reason| anyhow::anyhow!("dynamodb.tls_ca_file: {reason}"))?;
+            builder = builder.http_client(DynamoSink::https_client_trusting(pem));
+        }
         Ok(Client::from_conf(builder.build()))
+    }
+
+    /// The SDK's default HTTPS client (rustls on aws-lc-rs, proxy settings from the
+    /// environment) trusting only the CA certificates in `pem` (already validated: the SDK
+    /// panics on a PEM it cannot parse).
+    fn https_client_trusting(pem: Vec<u8>) -> aws_sdk_dynamodb::config::SharedHttpClient {
+        use aws_smithy_http_client::tls::{
+            self, TlsContext, TrustStore, rustls_provider::CryptoMode,
+        };
+        use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+        let trust_store = TrustStore::empty().with_pem_certificate(pem);
+        Builder::new().build_with_connector_fn(move |settings, runtime_components| {
+            let mut connector = ConnectorBuilder::default()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(
+                    TlsContext::builder()
+                        .with_trust_store(trust_store.clone())
+                        .build()
+                        .expect("a TLS context without extra server names always builds"),
+                );
+            connector.set_connector_settings(settings.cloned());
+            if let Some(components) = runtime_components {
+                connector.set_sleep_impl(components.sleep_impl());
+            }
+            connector.set_proxy_config(Some(ProxyConfig::from_env()));
+            connector.build()
+        })
     }
 
     /// A sink writing through `writer` (tests inject faults here); `client` is used for the

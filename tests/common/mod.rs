@@ -320,3 +320,24 @@ pub fn file_sink_event_ids(path: &std::path::Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// The test certificates made by `deploy/local/services up` (`$INGESTD_SERVICES_DIR/tls`,
+/// default `~/.cache/ingestd-services/tls`): `ca.pem`, `server.pem` (chain), `server.key`,
+/// `wrong-ca.pem`. Panics when they are missing: TLS tests must never pass by skipping.
+pub fn tls_dir() -> std::path::PathBuf {
+    let services = std::env::var_os("INGESTD_SERVICES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            std::path::Path::new(&home).join(".cache/ingestd-services")
+        });
+    let directory = services.join("tls");
+    for file in ["ca.pem", "server.pem", "server.key", "wrong-ca.pem"] {
+        assert!(
+            directory.join(file).is_file(),
+            "{} is missing: run `deploy/local/services up` (it makes the test certificates and starts the servers with TLS)",
+            directory.join(file).display()
+        );
+    }
+    directory
+}

@@ -22,6 +22,11 @@ func main() {
 	addr := flag.String("listen-addr", "127.0.0.1:27017", "TCP listen address")
 	dir := flag.String("sqlite-dir", "", "SQLite data directory (created if missing)")
 	memory := flag.Bool("sqlite-memory", false, "keep SQLite databases in memory (sqlite-dir still must exist)")
+	// A second listener speaking TLS only (FerretDB's own flag names). No CA file: giving
+	// one would make FerretDB require client certificates.
+	tlsAddr := flag.String("listen-tls", "", "TLS listen address (empty: no TLS listener)")
+	tlsCert := flag.String("listen-tls-cert-file", "", "TLS server certificate (PEM, chain after it)")
+	tlsKey := flag.String("listen-tls-key-file", "", "TLS server private key (PEM)")
 	flag.Parse()
 
 	d := *dir
@@ -36,7 +41,12 @@ func main() {
 		log.Fatal(err)
 	}
 	cfg := &ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *addr},
+		Listener: ferretdb.ListenerConfig{
+			TCP:         *addr,
+			TLS:         *tlsAddr,
+			TLSCertFile: *tlsCert,
+			TLSKeyFile:  *tlsKey,
+		},
 		Handler:   "sqlite",
 		SQLiteURL: "file:" + abs + "/",
 	}
@@ -51,7 +61,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.Printf("FerretDB v1.24.2 (sqlite handler, %s) listening on %s", abs, *addr) // MongoDBURI() before Run would deadlock
+	log.Printf("FerretDB v1.24.2 (sqlite handler, %s) listening on %s, TLS on %q", abs, *addr, *tlsAddr) // MongoDBURI() before Run would deadlock
 	if err := f.Run(ctx); err != nil {
 		log.Fatal(err)
 	}
