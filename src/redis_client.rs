@@ -1,15 +1,13 @@
 //! Builds Redis clients from [`RedisConfig`]: URL (`redis://` or `rediss://` for TLS)
 //! plus credentials from `username`/`password`/`password_file`, which win over the URL's.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::config::RedisConfig;
+use crate::tls;
 
 /// The URL parsed by redis-rs, with the configured credentials applied.
 pub fn connection_info(config: &RedisConfig) -> anyhow::Result<redis::ConnectionInfo> {
@@ -41,7 +39,8 @@ pub fn client(config: &RedisConfig) -> anyhow::Result<redis::Client> {
     let info = connection_info(config)?;
     let client = match &config.tls_ca_file {
         Some(path) => {
-            let pem = read_ca_file(path)?;
+            let (pem, _) = tls::read_ca_file(path)
+                .map_err(|reason| anyhow::anyhow!("redis.tls_ca_file: {reason}"))?;
             let certificates = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem),
@@ -53,49 +52,11 @@ pub fn client(config: &RedisConfig) -> anyhow::Result<redis::Client> {
     client.map_err(|error| anyhow::anyhow!("redis.url {}: {error}", config.url))
 }
 
-/// TLS settings for `rediss://` connections made outside redis-rs (the pub/sub reader):
-/// the CA of `redis.tls_ca_file`, else Mozilla's root store, as redis-rs does.
+/// TLS settings for `rediss://` connections made outside redis-rs (the pub/sub reader),
+/// trusting what redis-rs trusts: `redis.tls_ca_file`, else the system's roots.
 pub fn tls_config(config: &RedisConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.tls_ca_file {
-        Some(path) => {
-            let pem = read_ca_file(path)?;
-            for certificate in CertificateDer::pem_slice_iter(&pem) {
-                let certificate = certificate.map_err(|error| {
-                    anyhow::anyhow!(
-                        "redis.tls_ca_file {}: not a PEM certificate: {error}",
-                        path.display()
-                    )
-                })?;
-                roots.add(certificate).map_err(|error| {
-                    anyhow::anyhow!(
-                        "redis.tls_ca_file {}: unusable certificate: {error}",
-                        path.display()
-                    )
-                })?;
-            }
-            if roots.is_empty() {
-                anyhow::bail!(
-                    "redis.tls_ca_file {}: no certificate found (expected PEM, -----BEGIN CERTIFICATE-----)",
-                    path.display()
-                );
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(tls))
-}
-
-fn read_ca_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|error| {
-        anyhow::anyhow!(
-            "redis.tls_ca_file {}: cannot read: {error} (a PEM file of the CA that signed the server's certificate)",
-            path.display()
-        )
-    })
+    tls::client_config(config.tls_ca_file.as_deref(), true)
+        .map_err(|reason| anyhow::anyhow!("redis.tls_ca_file: {reason}"))
 }
 
 /// A multiplexed connection that reconnects by itself, for commands (not pub/sub).

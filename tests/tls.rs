@@ -586,3 +586,123 @@ async fn dynamodb_sink_refuses_a_server_its_ca_did_not_sign() {
         "no handshake may complete"
     );
 }
+
+const REDIS_APP_PASSWORD: &str = "tls-app-Pw-41c2";
+
+/// A private Redis that answers TLS on its second port (the first, plain one is for the
+/// test's own publishing and checks), with an ACL user `app`.
+fn tls_redis(tls: &Path) -> (common::PrivateRedis, u16) {
+    let plain_port = common::free_port();
+    let tls_port = common::free_port();
+    let server = common::PrivateRedis::start(
+        plain_port,
+        &format!(
+            "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\nuser app on >{REDIS_APP_PASSWORD} ~* &* +@all",
+            path_of(tls, "server.pem"),
+            path_of(tls, "server.key"),
+            path_of(tls, "ca.pem"),
+        ),
+    );
+    (server, tls_port)
+}
+
+/// Reads and writes through the TLS port only, with the ACL user.
+fn rediss_config(tls_port: u16, ca_file: &str) -> ingestd::config::Config {
+    let mut config = base_config();
+    config.redis.url = ingestd::config::Secret::new(format!("rediss://127.0.0.1:{tls_port}"));
+    config.redis.username = Some("app".to_string());
+    config.redis.password = Some(ingestd::config::Secret::new(REDIS_APP_PASSWORD));
+    config.redis.tls_ca_file = Some(ca_file.into());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_and_dead_letters_over_rediss_with_an_acl_user() {
+    let tls = common::tls_dir();
+    let (server, tls_port) = tls_redis(&tls);
+    let channel = unique("tls-redis");
+    let output = std::env::temp_dir().join(unique("tls-redis-out"));
+    let mut config = rediss_config(tls_port, &path_of(&tls, "ca.pem"));
+    let dead_letters = config.dead_letter.stream.clone();
+    config.pipelines.insert(
+        "tls_redis".to_string(),
+        pipeline(
+            &[&channel],
+            vec![(
+                "out",
+                sink(&format!(
+                    "file = {{ path = {:?} }}\nbatch = {{ linger = \"10ms\" }}",
+                    output.display().to_string()
+                )),
+            )],
+        ),
+    );
+    let started = start(App::new(config)).await;
+
+    // Published in plain text on the same server: only ingestd's side is TLS.
+    let publisher = redis::Client::open(format!(
+        "redis://app:{REDIS_APP_PASSWORD}@127.0.0.1:{}",
+        server.port
+    ))
+    .unwrap();
+    let mut publisher = publisher.get_multiplexed_async_connection().await.unwrap();
+    let expected: BTreeSet<String> = (0..50).map(|index| format!("{channel}-{index}")).collect();
+    for id in &expected {
+        let _: i64 = redis::AsyncCommands::publish(
+            &mut publisher,
+            &channel,
+            event_json(id, "user-tls", "purchase", 1.5),
+        )
+        .await
+        .unwrap();
+    }
+    let _: i64 = redis::AsyncCommands::publish(&mut publisher, &channel, "not json")
+        .await
+        .unwrap();
+
+    eventually(
+        Duration::from_secs(20),
+        "50 events in the file sink",
+        || {
+            let output = output.clone();
+            async move { common::file_sink_event_ids(&output).len() >= 50 }
+        },
+    )
+    .await;
+    let stored: BTreeSet<String> = common::file_sink_event_ids(&output).into_iter().collect();
+    assert_eq!(stored, expected);
+    // The dead letter was written over TLS too (the only address ingestd was given).
+    eventually(Duration::from_secs(10), "one dead letter", || {
+        let mut publisher = publisher.clone();
+        let dead_letters = dead_letters.clone();
+        async move {
+            let length: usize = redis::AsyncCommands::xlen(&mut publisher, &dead_letters)
+                .await
+                .unwrap();
+            length == 1
+        }
+    })
+    .await;
+    started.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_refuses_a_server_its_ca_did_not_sign_and_names_a_bad_ca_file() {
+    let tls = common::tls_dir();
+    let (_server, tls_port) = tls_redis(&tls);
+    let mut config = rediss_config(tls_port, &path_of(&tls, "wrong-ca.pem"));
+    config.pipelines.insert(
+        "tls_redis_wrong_ca".to_string(),
+        pipeline(
+            &[&unique("tls-redis-wrong-ca")],
+            vec![("out", sink("blackhole = {}"))],
+        ),
+    );
+    let error = start_error(config.clone()).await;
+    assert!(error.contains("UnknownIssuer"), "{error}");
+
+    config.redis.tls_ca_file = Some(tls.join("no-such-ca.pem"));
+    let error = start_error(config).await;
+    assert!(error.contains("redis.tls_ca_file"), "{error}");
+    assert!(error.contains("no-such-ca.pem"), "{error}");
+}

@@ -55,7 +55,7 @@ pub struct RedisConfig {
     /// A file holding the password (e.g. a mounted Kubernetes secret).
     pub password_file: Option<PathBuf>,
     /// With `rediss://`: a PEM file of the CA certificate(s) that signed the server's
-    /// certificate (a private CA, e.g. a cloud provider's). Unset: Mozilla's root store.
+    /// certificate (a private CA, e.g. a cloud provider's). Unset: the system's roots.
     pub tls_ca_file: Option<PathBuf>,
 }
 
