@@ -196,27 +196,68 @@ pub async fn list(
     }
 }
 
-/// Publishes each entry's payload back to its channel (or `channel_override`) and
+/// Where replayed dead letters go: back where the source reads them.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplayTarget<'a> {
+    /// PUBLISH to the entry's channel.
+    PubSub,
+    /// XADD to the entry's stream, the payload under `payload_field`.
+    Streams { payload_field: &'a str },
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Re-injected and deleted from the dead-letter stream.
+    pub replayed: usize,
+    /// Kept in the dead-letter stream: published while no subscriber listened, so the
+    /// event would have been lost (the channels, for the message).
+    pub kept: Vec<String>,
+}
+
+/// Re-injects each entry's payload where it came from (or into `channel_override`) and
 /// deletes it from the stream. Events are idempotent by `event_id`, so replaying an
-/// event that was in fact stored does no harm. Returns how many were replayed.
+/// event that was in fact stored does no harm. A PUBLISH that no subscriber received
+/// leaves its entry in place instead of losing it.
 pub async fn replay(
     connection: &mut ConnectionManager,
     stream: &str,
     entries: &[StoredDeadLetter],
     channel_override: Option<&str>,
-) -> redis::RedisResult<usize> {
-    let mut replayed = 0;
+    target: ReplayTarget<'_>,
+) -> redis::RedisResult<Replayed> {
+    let mut outcome = Replayed::default();
     for chunk in entries.chunks(500) {
         let mut pipeline = redis::pipe();
         for entry in chunk {
             let channel = channel_override.unwrap_or(&entry.channel);
-            pipeline.publish(channel, &entry.payload_bytes).ignore();
-            pipeline.xdel(stream, &[&entry.id]).ignore();
+            match target {
+                ReplayTarget::PubSub => pipeline.publish(channel, &entry.payload_bytes),
+                ReplayTarget::Streams { payload_field } => {
+                    pipeline.xadd(channel, "*", &[(payload_field, &entry.payload_bytes)])
+                }
+            };
         }
-        let () = pipeline.query_async(connection).await?;
-        replayed += chunk.len();
+        // Subscribers reached per PUBLISH, or the new entry id per XADD.
+        let results: Vec<redis::Value> = pipeline.query_async(connection).await?;
+        let mut delete = redis::pipe();
+        let mut deleting = false;
+        for (entry, result) in chunk.iter().zip(results) {
+            if matches!(result, redis::Value::Int(0)) {
+                outcome
+                    .kept
+                    .push(channel_override.unwrap_or(&entry.channel).to_string());
+                continue;
+            }
+            delete.xdel(stream, &[&entry.id]).ignore();
+            deleting = true;
+            outcome.replayed += 1;
+        }
+        if deleting {
+            let () = delete.query_async(connection).await?;
+        }
     }
-    Ok(replayed)
+    Ok(outcome)
 }
 
 /// Counts by reason, for `ingestd dead-letter list --summary`.

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use ingestd::app::{App, RunOutcome};
-use ingestd::config::{self, Config, LoadedConfig};
+use ingestd::config::{self, Config, LoadedConfig, SourceKind};
 use ingestd::sinks::leaderboard::LeaderboardReader;
 use ingestd::{deadletter, publish, redis_client, telemetry};
 
@@ -214,10 +214,33 @@ async fn run_command(command: Command, config: Config) -> anyhow::Result<ExitCod
             let stream = &config.dead_letter.stream;
             let entries =
                 deadletter::list(&mut connection, stream, count, reason.as_deref()).await?;
-            let replayed =
-                deadletter::replay(&mut connection, stream, &entries, channel.as_deref()).await?;
-            eprintln!("replayed {replayed} entries");
-            Ok(ExitCode::SUCCESS)
+            let target = match config.source.kind {
+                SourceKind::Pubsub => deadletter::ReplayTarget::PubSub,
+                SourceKind::Streams => deadletter::ReplayTarget::Streams {
+                    payload_field: &config.source.streams.payload_field,
+                },
+            };
+            let outcome = deadletter::replay(
+                &mut connection,
+                stream,
+                &entries,
+                channel.as_deref(),
+                target,
+            )
+            .await?;
+            eprintln!("replayed {} entries", outcome.replayed);
+            if outcome.kept.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut channels = outcome.kept.clone();
+            channels.sort();
+            channels.dedup();
+            eprintln!(
+                "kept {} entries: no subscriber received them on {} (start ingestd first, then replay again)",
+                outcome.kept.len(),
+                channels.join(", ")
+            );
+            Ok(ExitCode::FAILURE)
         }
         Command::Top { board, day, n } => {
             let connection = redis_client::connection_manager(&config.redis).await?;

@@ -211,3 +211,97 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix() {
     app.stop().await;
     let _: () = connection.del(&stream).await.unwrap();
 }
+
+/// Writes a dead letter as ingestd does, for the replay tests.
+async fn add_dead_letter(
+    connection: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    channel: &str,
+    payload: &[u8],
+) {
+    let _: String = connection
+        .xadd(
+            stream,
+            "*",
+            &[
+                ("reason", "permanent_error".as_bytes()),
+                ("stage", b"main.out"),
+                ("channel", channel.as_bytes()),
+                ("error", b"schema rejects the event"),
+                ("payload", payload),
+                ("at", b"2026-11-24T10:00:00.000Z"),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_nobody_receives_keeps_its_dead_letters() {
+    let stream = unique("cli-dl-unheard");
+    let channel = unique("cli-unheard");
+    let mut connection = common::redis_connection().await;
+    for index in 0..3 {
+        let payload = event_json(&format!("{channel}-{index}"), "u", "click", 1.0);
+        add_dead_letter(&mut connection, &stream, &channel, &payload).await;
+    }
+    let directory = std::env::temp_dir().join(unique("cli-unheard"));
+    write_config(&directory, &stream);
+    // No subscriber on the channel: publishing would lose the events.
+    let output = Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .current_dir(&directory)
+        .args(["dead-letter", "replay"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("replayed 0 entries"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "kept 3 entries: no subscriber received them on {channel}"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(connection.xlen::<_, usize>(&stream).await.unwrap(), 3);
+    let _: () = connection.del(&stream).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_streams_source_a_replay_appends_to_the_entry_stream() {
+    let stream = unique("cli-dl-streams");
+    let source_stream = unique("cli-source-stream");
+    let mut connection = common::redis_connection().await;
+    let payloads: Vec<Vec<u8>> = (0..3)
+        .map(|index| event_json(&format!("{source_stream}-{index}"), "u", "click", 1.0))
+        .collect();
+    for payload in &payloads {
+        add_dead_letter(&mut connection, &stream, &source_stream, payload).await;
+    }
+    let directory = std::env::temp_dir().join(unique("cli-streams-replay"));
+    write_config(&directory, &stream);
+    std::fs::write(
+        directory.join("pipelines/main.toml"),
+        format!("streams = [\"{source_stream}\"]\n[sinks.out]\nblackhole = {{}}\n"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(directory.join("ingestd.toml")).unwrap();
+    std::fs::write(
+        directory.join("ingestd.toml"),
+        format!(
+            "{config}[source]\nkind = \"streams\"\n[source.streams]\npayload_field = \"body\"\n"
+        ),
+    )
+    .unwrap();
+    let output = ingestd(&directory, &["dead-letter", "replay"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("replayed 3 entries"));
+    let appended: redis::streams::StreamRangeReply =
+        connection.xrange_all(&source_stream).await.unwrap();
+    let bodies: Vec<Vec<u8>> = appended
+        .ids
+        .iter()
+        .map(|entry| entry.get::<Vec<u8>>("body").unwrap())
+        .collect();
+    assert_eq!(bodies, payloads);
+    assert_eq!(connection.xlen::<_, usize>(&stream).await.unwrap(), 0);
+    let _: () = connection.del(&[&stream, &source_stream]).await.unwrap();
+}
