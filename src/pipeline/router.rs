@@ -67,10 +67,28 @@ impl Router {
     /// Routes an event that arrived on `channel`, or through `pattern` when it was a
     /// PSUBSCRIBE match. Returns false if no pipeline took it.
     pub async fn dispatch(&self, event: Event, pattern: Option<&str>) -> bool {
-        let mut batch = self.batch();
-        let routed = batch.add(event, pattern);
-        batch.flush().await;
-        routed
+        let Some(targets) = self.targets(&event, pattern) else {
+            return false;
+        };
+        let event = Arc::new(event);
+        for &index in targets {
+            for queue in &self.pipelines[index].entry_queues {
+                queue.push(Arc::clone(&event)).await;
+            }
+        }
+        true
+    }
+
+    /// The pipelines an event goes to; `None` (counted as unrouted) if none.
+    fn targets(&self, event: &Event, pattern: Option<&str>) -> Option<&Vec<usize>> {
+        let targets = match pattern {
+            Some(pattern) => self.by_pattern.get(pattern),
+            None => self.by_channel.get(&*event.channel),
+        };
+        if targets.is_none() {
+            metrics::event_unrouted();
+        }
+        targets
     }
 
     /// An empty [`Batch`] for events read together.
@@ -95,13 +113,7 @@ pub struct Batch<'r> {
 impl Batch<'_> {
     /// Routes `event` (see [`Router::dispatch`]); false if no pipeline took it.
     pub fn add(&mut self, event: Event, pattern: Option<&str>) -> bool {
-        let router = self.router;
-        let targets = match pattern {
-            Some(pattern) => router.by_pattern.get(pattern),
-            None => router.by_channel.get(&*event.channel),
-        };
-        let Some(targets) = targets else {
-            metrics::event_unrouted();
+        let Some(targets) = self.router.targets(&event, pattern) else {
             return false;
         };
         let event = Arc::new(event);

@@ -169,8 +169,9 @@ impl SinkRunner {
                 *slot = true;
             }
         }
+        let mut forwarded = Vec::with_capacity(written.len());
         for (event, is_limited) in written.iter().zip(limited) {
-            let forwarded = match (is_limited, forward.on_limit) {
+            forwarded.push(match (is_limited, forward.on_limit) {
                 (false, _) | (true, OnLimit::Count) => Arc::clone(event),
                 (true, OnLimit::Drop) => continue,
                 (true, OnLimit::Tag) => {
@@ -178,11 +179,9 @@ impl SinkRunner {
                     tagged.rate_limited = true;
                     Arc::new(tagged)
                 }
-            };
-            for queue in &forward.downstream {
-                queue.push(Arc::clone(&forwarded)).await;
-            }
+            });
         }
+        forward_all(&forward.downstream, forwarded).await;
     }
 
     async fn dead_letter_all(&self, events: &[Arc<Event>], reason: &str, error: &SinkError) {
@@ -208,11 +207,17 @@ impl SinkRunner {
         // A gate that gave up still lets the events through: the other stores must not
         // lose an event because a counter could not be updated.
         if let Some(forward) = &self.forward {
-            for event in events {
-                for queue in &forward.downstream {
-                    queue.push(Arc::clone(event)).await;
-                }
-            }
+            forward_all(&forward.downstream, events.to_vec()).await;
         }
+    }
+}
+
+/// Hands a gate's events to every downstream queue, in order, one push per queue.
+async fn forward_all(downstream: &[Arc<SinkQueue>], events: Vec<Arc<Event>>) {
+    if events.is_empty() {
+        return;
+    }
+    for queue in downstream {
+        queue.push_many(events.clone()).await;
     }
 }
