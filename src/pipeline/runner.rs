@@ -153,15 +153,7 @@ impl SinkRunner {
             return;
         }
         self.metrics.written.increment(written.len() as u64);
-        let now = Utc::now();
-        for event in written {
-            let latency = (now - event.timestamp)
-                .num_microseconds()
-                .unwrap_or(i64::MAX);
-            if latency >= 0 {
-                self.metrics.latency.record(latency as f64 / 1e6);
-            }
-        }
+        self.metrics.latency.record_batch(written, Utc::now());
         let Some(forward) = &self.forward else { return };
         let mut limited = vec![false; written.len()];
         for &index in over_limit {

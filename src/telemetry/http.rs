@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::sinks::Sink;
 use crate::sinks::leaderboard::LeaderboardReader;
 use crate::sinks::rate_counter::RateReader;
+use crate::telemetry::latency;
 
 /// What `/readyz` looks at.
 pub struct Readiness {
@@ -108,10 +109,11 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<HttpState>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([("content-type", "text/plain; version=0.0.4")], {
+        let mut text = state.metrics.render();
+        latency::render(&mut text);
+        text
+    })
         .into_response()
 }
 

@@ -4,13 +4,15 @@
 //! Hot paths hold pre-registered handles ([`SinkMetrics`], [`SourceMetrics`]) so recording
 //! is an atomic add, not a label lookup.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::telemetry::latency::LatencyHistogram;
 
 pub const SOURCE_EVENTS_RECEIVED: &str = "ingestd_source_events_received_total";
 pub const SOURCE_BYTES_RECEIVED: &str = "ingestd_source_bytes_received_total";
@@ -33,7 +35,6 @@ pub const SINK_QUEUE_DEPTH: &str = "ingestd_sink_queue_depth";
 pub const SINK_QUEUE_CAPACITY: &str = "ingestd_sink_queue_capacity";
 pub const SINK_DROPPED: &str = "ingestd_sink_dropped_events_total";
 pub const SINK_IN_FLIGHT: &str = "ingestd_sink_in_flight_batches";
-pub const END_TO_END_LATENCY: &str = "ingestd_end_to_end_latency_seconds";
 pub const DEAD_LETTERS: &str = "ingestd_dead_letters_total";
 pub const DEAD_LETTER_WRITE_ERRORS: &str = "ingestd_dead_letter_write_errors_total";
 pub const SPOOL_BYTES: &str = "ingestd_spool_bytes";
@@ -46,7 +47,7 @@ pub const RATE_LIMIT_EXCEEDED: &str = "ingestd_rate_limit_exceeded_total";
 pub const LEADERBOARD_UPDATES: &str = "ingestd_leaderboard_updates_total";
 pub const BUILD_INFO: &str = "ingestd_build_info";
 
-/// Seconds: 1 ms .. 60 s, for write durations and end-to-end latency.
+/// Seconds: 1 ms .. 60 s, for write durations.
 pub const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -158,10 +159,6 @@ fn describe() {
         "Events discarded by a full queue (drop_oldest)."
     );
     describe_gauge!(SINK_IN_FLIGHT, "Batches being written by a sink.");
-    describe_histogram!(
-        END_TO_END_LATENCY,
-        "From the event timestamp to the sink's acknowledgement."
-    );
     describe_counter!(
         DEAD_LETTERS,
         "Entries written to the dead-letter stream, by stage and reason."
@@ -209,7 +206,7 @@ pub struct SinkMetrics {
     pub queue_depth: Gauge,
     pub dropped: Counter,
     pub in_flight: Gauge,
-    pub latency: Histogram,
+    pub latency: Arc<LatencyHistogram>,
 }
 
 impl SinkMetrics {
@@ -230,7 +227,11 @@ impl SinkMetrics {
             queue_depth: gauge!(SINK_QUEUE_DEPTH, &labels),
             dropped: counter!(SINK_DROPPED, &labels),
             in_flight: gauge!(SINK_IN_FLIGHT, &labels),
-            latency: histogram!(END_TO_END_LATENCY, &labels),
+            latency: LatencyHistogram::register(&[
+                ("pipeline", pipeline),
+                ("sink", sink),
+                ("kind", kind),
+            ]),
         }
     }
 

@@ -1,6 +1,7 @@
-//! Observability: every metric name ([`metrics`]), the HTTP listener ([`http`]) and logs
-//! ([`logging`]).
+//! Observability: every metric name ([`metrics`]), the end-to-end latency histogram
+//! ([`latency`]), the HTTP listener ([`http`]) and logs ([`logging`]).
 
 pub mod http;
+pub mod latency;
 pub mod logging;
 pub mod metrics;
