@@ -18,7 +18,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::redis_aggregate::{self, invoke_all, seen_key};
+use super::redis_aggregate::{self, invoke_all};
 use super::{BatchFailure, Sink, SinkContext, SinkError, Written};
 use crate::event::Event;
 use crate::telemetry::metrics;
@@ -321,9 +321,14 @@ impl DayUpdate<'_> {
 fn plan<'a>(boards: &[Board], batch: &'a [Arc<Event>], now: DateTime<Utc>) -> Vec<DayUpdate<'a>> {
     let mut updates: Vec<DayUpdate<'a>> = Vec::new();
     let mut update_of_day: HashMap<(usize, NaiveDate), usize> = HashMap::new();
-    let mut member_of_update: HashMap<(usize, &'a str), usize> = HashMap::new();
+    // Sized for the batch up front: growing it rehashes every member seen so far.
+    let mut member_of_update: HashMap<(usize, &'a str), usize> =
+        HashMap::with_capacity(batch.len());
+    // Most batches hold one day: remember the last (board, day) so it is hashed only once.
+    let mut last_day: Option<((usize, NaiveDate), usize)> = None;
     let now_secs = now.timestamp();
     for (batch_index, event) in batch.iter().enumerate() {
+        let day = event.timestamp.date_naive();
         for (board_index, board) in boards.iter().enumerate() {
             if !board.matches(event) {
                 continue;
@@ -332,21 +337,27 @@ fn plan<'a>(boards: &[Board], batch: &'a [Arc<Event>], now: DateTime<Utc>) -> Ve
                 tracing::debug!(board = %board.name, event_id = %event.event_id, "event has no score for this board, left out");
                 continue;
             };
-            let day = event.timestamp.date_naive();
             let expire_at = board.expire_at(day);
             if expire_at <= now_secs {
                 tracing::debug!(board = %board.name, %day, event_id = %event.event_id, "the day's board has expired, event left out");
                 continue;
             }
-            let update_index = *update_of_day.entry((board_index, day)).or_insert_with(|| {
-                updates.push(DayUpdate {
-                    board: board_index,
-                    key: board.key(day),
-                    expire_at,
-                    members: Vec::new(),
-                });
-                updates.len() - 1
-            });
+            let update_index = match last_day {
+                Some((known, index)) if known == (board_index, day) => index,
+                _ => {
+                    let index = *update_of_day.entry((board_index, day)).or_insert_with(|| {
+                        updates.push(DayUpdate {
+                            board: board_index,
+                            key: board.key(day),
+                            expire_at,
+                            members: Vec::new(),
+                        });
+                        updates.len() - 1
+                    });
+                    last_day = Some(((board_index, day), index));
+                    index
+                }
+            };
             let update = &mut updates[update_index];
             let member_index = *member_of_update
                 .entry((update_index, event.user_id.as_str()))
@@ -374,7 +385,7 @@ fn plan<'a>(boards: &[Board], batch: &'a [Arc<Event>], now: DateTime<Utc>) -> Ve
 /// member, k, and k pairs (event_id, score). Returns how many members were updated.
 /// Scores are formatted with 17 significant digits: Lua's default number-to-string
 /// conversion keeps only 14.
-const LEADERBOARD_SCRIPT: &str = r#"
+pub const LEADERBOARD_SCRIPT: &str = r#"
 local keep_max = ARGV[2] == 'max'
 local updated = 0
 local i = 3
@@ -413,6 +424,44 @@ end
 return updated
 "#;
 
+/// Queues one script call per update, in order (see [`LEADERBOARD_SCRIPT`] for the
+/// arguments).
+fn script_calls(
+    boards: &[Board],
+    script: &Script,
+    sink_id: &str,
+    updates: &[DayUpdate<'_>],
+) -> redis::Pipeline {
+    let mut pipeline = redis::Pipeline::with_capacity(updates.len());
+    for update in updates {
+        redis_aggregate::queue_script(&mut pipeline, script, &update.key, sink_id);
+        pipeline
+            .arg(update.expire_at)
+            .arg(boards[update.board].mode.as_str());
+        for member in &update.members {
+            pipeline.arg(member.member).arg(member.contributions.len());
+            for contribution in &member.contributions {
+                pipeline.arg(contribution.event_id).arg(contribution.score);
+            }
+        }
+    }
+    pipeline
+}
+
+/// The commands the sink `sink_id` (`pipeline.sink`) sends for `batch`: one pipeline of
+/// `EVALSHA` calls of [`LEADERBOARD_SCRIPT`], one per board and day. Public so that the
+/// benchmark's raw-client baseline sends exactly what the sink sends.
+pub fn batch_pipeline(
+    config: &LeaderboardConfig,
+    sink_id: &str,
+    batch: &[Arc<Event>],
+    now: DateTime<Utc>,
+) -> redis::Pipeline {
+    let boards: Vec<Board> = config.boards.iter().map(Board::from_config).collect();
+    let script = Script::new(LEADERBOARD_SCRIPT);
+    script_calls(&boards, &script, sink_id, &plan(&boards, batch, now))
+}
+
 pub struct LeaderboardSink {
     boards: Vec<Board>,
     redis: ConnectionManager,
@@ -442,28 +491,8 @@ impl LeaderboardSink {
 
     async fn write_batch(&self, batch: &[Arc<Event>]) -> Result<Written, BatchFailure> {
         let updates = plan(&self.boards, batch, Utc::now());
-        let mut invocations = Vec::with_capacity(updates.len());
-        for update in &updates {
-            let board = &self.boards[update.board];
-            let mut invocation = self.script.prepare_invoke();
-            invocation
-                .key(&update.key)
-                .key(seen_key(&update.key, &self.sink_id))
-                .arg(update.expire_at)
-                .arg(board.mode.as_str());
-            for member in &update.members {
-                invocation
-                    .arg(member.member)
-                    .arg(member.contributions.len());
-                for contribution in &member.contributions {
-                    invocation
-                        .arg(contribution.event_id)
-                        .arg(contribution.score);
-                }
-            }
-            invocations.push(invocation);
-        }
-        let results = invoke_all(&self.redis, &self.script, &invocations)
+        let pipeline = script_calls(&self.boards, &self.script, &self.sink_id, &updates);
+        let results = invoke_all(&self.redis, &self.script, pipeline)
             .await
             .map_err(BatchFailure::All)?;
 

@@ -20,7 +20,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::redis_aggregate::{self, invoke_all, seen_key};
+use super::redis_aggregate::{self, invoke_all};
 use super::{BatchFailure, Sink, SinkContext, SinkError, Written};
 use crate::event::Event;
 use crate::telemetry::metrics;
@@ -116,29 +116,56 @@ struct WindowUpdate<'a> {
 /// Groups a batch per counter key, keys in order of first appearance.
 fn plan<'a>(batch: &'a [Arc<Event>], key_prefix: &str, window_secs: i64) -> Vec<WindowUpdate<'a>> {
     let mut updates: Vec<WindowUpdate<'a>> = Vec::new();
-    let mut update_of_key: HashMap<String, usize> = HashMap::new();
+    // Keyed by (user, window) rather than by the formatted key: a lookup then formats
+    // and allocates nothing. Sized for the batch: growing it rehashes every key again.
+    let mut update_of_key: HashMap<(&'a str, i64), usize> = HashMap::with_capacity(batch.len());
     for (batch_index, event) in batch.iter().enumerate() {
-        let key = counter_key(
-            key_prefix,
-            &event.user_id,
-            window_index(event.timestamp, window_secs),
-        );
-        let update_index = match update_of_key.get(&key) {
-            Some(&index) => index,
-            None => {
-                update_of_key.insert(key.clone(), updates.len());
+        let window = window_index(event.timestamp, window_secs);
+        let update_index = *update_of_key
+            .entry((event.user_id.as_str(), window))
+            .or_insert_with(|| {
                 updates.push(WindowUpdate {
-                    key,
+                    key: counter_key(key_prefix, &event.user_id, window),
                     batch_indices: Vec::new(),
                     event_ids: Vec::new(),
                 });
                 updates.len() - 1
-            }
-        };
+            });
         updates[update_index].batch_indices.push(batch_index);
         updates[update_index].event_ids.push(&event.event_id);
     }
     updates
+}
+
+/// Queues one script call per update, in order (see [`RATE_SCRIPT`] for the arguments).
+fn script_calls(
+    script: &Script,
+    sink_id: &str,
+    ttl_secs: i64,
+    updates: &[WindowUpdate<'_>],
+) -> redis::Pipeline {
+    let mut pipeline = redis::Pipeline::with_capacity(updates.len());
+    for update in updates {
+        redis_aggregate::queue_script(&mut pipeline, script, &update.key, sink_id);
+        pipeline.arg(ttl_secs);
+        for event_id in &update.event_ids {
+            pipeline.arg(*event_id);
+        }
+    }
+    pipeline
+}
+
+/// The commands the sink `sink_id` (`pipeline.sink`) sends for `batch`: one pipeline of
+/// `EVALSHA` calls of [`RATE_SCRIPT`], one per counter key. Public so that the
+/// benchmark's raw-client baseline sends exactly what the sink sends.
+pub fn batch_pipeline(
+    config: &RateCounterConfig,
+    sink_id: &str,
+    batch: &[Arc<Event>],
+) -> redis::Pipeline {
+    let updates = plan(batch, &config.key_prefix, config.window_secs());
+    let script = Script::new(RATE_SCRIPT);
+    script_calls(&script, sink_id, config.ttl_secs(), &updates)
 }
 
 /// What one script call reported: the counter before and after, and each event's
@@ -152,15 +179,18 @@ struct WindowReply {
 
 impl WindowReply {
     fn parse(value: redis::Value, expected_events: usize) -> Result<WindowReply, SinkError> {
-        let numbers: Vec<i64> = redis::from_redis_value_ref(&value)
+        let mut numbers: Vec<i64> = redis::from_redis_value_ref(&value)
             .map_err(|_| redis_aggregate::unexpected_reply("rate_counter", &value))?;
         if numbers.len() != expected_events + 2 {
             return Err(redis_aggregate::unexpected_reply("rate_counter", &value));
         }
+        let (before, after) = (numbers[0], numbers[1]);
+        // The ordinals stay in the same buffer (one allocation per key, not two).
+        numbers.drain(..2);
         Ok(WindowReply {
-            before: numbers[0],
-            after: numbers[1],
-            ordinals: numbers[2..].to_vec(),
+            before,
+            after,
+            ordinals: numbers,
         })
     }
 }
@@ -198,7 +228,7 @@ fn verdicts(update: &WindowUpdate<'_>, reply: &WindowReply, limit: u64) -> Verdi
 /// KEYS[1]: one user's counter for one window; KEYS[2]: its seen hash (event id ->
 /// ordinal). ARGV[1]: ttl seconds; ARGV[2..]: event ids in batch order. Returns
 /// {counter before, counter after, ordinal of each event}.
-const RATE_SCRIPT: &str = r#"
+pub const RATE_SCRIPT: &str = r#"
 local before = tonumber(redis.call('GET', KEYS[1]) or '0')
 local after = before
 local result = {before, 0}
@@ -253,20 +283,13 @@ impl RateCounterSink {
 
     async fn write_batch(&self, batch: &[Arc<Event>]) -> Result<Written, BatchFailure> {
         let updates = plan(batch, &self.config.key_prefix, self.config.window_secs());
-        let ttl_secs = self.config.ttl_secs();
-        let mut invocations = Vec::with_capacity(updates.len());
-        for update in &updates {
-            let mut invocation = self.script.prepare_invoke();
-            invocation
-                .key(&update.key)
-                .key(seen_key(&update.key, &self.sink_id))
-                .arg(ttl_secs);
-            for event_id in &update.event_ids {
-                invocation.arg(*event_id);
-            }
-            invocations.push(invocation);
-        }
-        let results = invoke_all(&self.redis, &self.script, &invocations)
+        let pipeline = script_calls(
+            &self.script,
+            &self.sink_id,
+            self.config.ttl_secs(),
+            &updates,
+        );
+        let results = invoke_all(&self.redis, &self.script, pipeline)
             .await
             .map_err(BatchFailure::All)?;
 

@@ -1,6 +1,6 @@
 //! Plumbing shared by the Redis aggregate sinks ([`super::leaderboard`] and
 //! [`super::rate_counter`]): the "seen" keys that make every update idempotent, one Lua
-//! script invocation per data key sent as one pipeline, and Redis error classification.
+//! script call per data key sent as one pipeline, and Redis error classification.
 //!
 //! # No double counting
 //!
@@ -33,8 +33,13 @@
 //! co-located by a tag, so on Cluster its invocation fails with `CROSSSLOT` (a permanent
 //! error: those events are dead-lettered for that sink); standalone Redis is not affected.
 
+use std::fmt;
+
 use redis::aio::ConnectionManager;
-use redis::{ErrorKind, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind, Value};
+use redis::{
+    ErrorKind, Pipeline, RedisError, RedisResult, RedisWrite, Script, ServerErrorKind, ToRedisArgs,
+    Value,
+};
 
 use super::SinkError;
 
@@ -53,26 +58,64 @@ pub fn hash_tag(key: &str) -> Option<&str> {
 /// The seen key of `data_key` for the sink `sink_id` (`pipeline.sink`), in the same hash
 /// slot as `data_key` (see the module doc for the one exception).
 pub fn seen_key(data_key: &str, sink_id: &str) -> String {
-    match hash_tag(data_key) {
-        Some(tag) => format!("ingestd:seen:{{{tag}}}:{sink_id}:{data_key}"),
-        None => format!("ingestd:seen:{{{data_key}}}:{sink_id}"),
+    SeenKey { data_key, sink_id }.to_string()
+}
+
+/// [`seen_key`] as a command argument, written straight into the command buffer.
+struct SeenKey<'a> {
+    data_key: &'a str,
+    sink_id: &'a str,
+}
+
+impl fmt::Display for SeenKey<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SeenKey { data_key, sink_id } = self;
+        match hash_tag(data_key) {
+            Some(tag) => write!(formatter, "ingestd:seen:{{{tag}}}:{sink_id}:{data_key}"),
+            None => write!(formatter, "ingestd:seen:{{{data_key}}}:{sink_id}"),
+        }
     }
 }
 
-/// Sends every invocation in one pipeline and returns one result per invocation, in order.
-/// `Err` means the round trip itself failed (nothing is known about what ran; the scripts
-/// are idempotent, so the caller retries everything). A script cache emptied by a server
-/// restart (`NOSCRIPT`) is refilled and the affected invocations are sent again.
+impl ToRedisArgs for SeenKey<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        out.write_arg_fmt(self);
+    }
+}
+
+/// Queues one `EVALSHA` of `script` on `data_key` and its seen key (KEYS[1], KEYS[2]) at
+/// the end of `pipeline`; the caller then appends the ARGV with `pipeline.arg(..)`.
+/// Arguments are written straight into the pipeline's command buffer: a
+/// `ScriptInvocation` allocates one buffer per argument and copies them all again when
+/// queued, which cost more CPU than the rest of a sink's write path.
+pub fn queue_script(pipeline: &mut Pipeline, script: &Script, data_key: &str, sink_id: &str) {
+    pipeline
+        .cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(2)
+        .arg(data_key)
+        .arg(SeenKey { data_key, sink_id });
+}
+
+/// Sends the pipeline of script calls (see [`queue_script`]) in one round trip and
+/// returns one result per call, in order. `Err` means the round trip itself failed
+/// (nothing is known about what ran; the scripts are idempotent, so the caller retries
+/// everything). A script cache emptied by a server restart (`NOSCRIPT`) is refilled and
+/// the affected calls are sent again.
 pub async fn invoke_all(
     redis: &ConnectionManager,
     script: &Script,
-    invocations: &[ScriptInvocation<'_>],
+    mut pipeline: Pipeline,
 ) -> Result<Vec<Result<Value, SinkError>>, SinkError> {
-    if invocations.is_empty() {
+    if pipeline.is_empty() {
         return Ok(Vec::new());
     }
+    pipeline.ignore_errors();
     let mut connection = redis.clone();
-    let mut results = send_pipeline(&mut connection, invocations.iter()).await?;
+    let mut results = send_pipeline(&mut connection, &pipeline).await?;
     let missing_script: Vec<usize> = results
         .iter()
         .enumerate()
@@ -85,12 +128,14 @@ pub async fn invoke_all(
             .load_async(&mut connection)
             .await
             .map_err(|error| classify(&error))?;
-        let again = send_pipeline(
-            &mut connection,
-            missing_script.iter().map(|&index| &invocations[index]),
-        )
-        .await?;
-        for (index, result) in missing_script.into_iter().zip(again) {
+        let commands: Vec<&redis::Cmd> = pipeline.cmd_iter().collect();
+        let mut again = redis::pipe();
+        again.ignore_errors();
+        for &index in &missing_script {
+            again.add_command(commands[index].clone());
+        }
+        let again_results = send_pipeline(&mut connection, &again).await?;
+        for (index, result) in missing_script.into_iter().zip(again_results) {
             results[index] = result;
         }
     }
@@ -100,15 +145,10 @@ pub async fn invoke_all(
         .collect())
 }
 
-async fn send_pipeline<'a, 'b: 'a>(
+async fn send_pipeline(
     connection: &mut ConnectionManager,
-    invocations: impl Iterator<Item = &'a ScriptInvocation<'b>>,
+    pipeline: &Pipeline,
 ) -> Result<Vec<RedisResult<Value>>, SinkError> {
-    let mut pipeline = redis::pipe();
-    pipeline.ignore_errors();
-    for invocation in invocations {
-        pipeline.invoke_script(invocation);
-    }
     pipeline
         .query_async::<Vec<RedisResult<Value>>>(connection)
         .await
@@ -194,6 +234,33 @@ mod tests {
         // Without a tag the data key hashes whole, and so does the seen key's tag.
         let untagged = seen_key("rate:bob:7", "p.s");
         assert_eq!(hash_tag(&untagged), Some("rate:bob:7"));
+    }
+
+    #[test]
+    fn queued_calls_are_the_evalsha_redis_rs_would_send() {
+        let script = Script::new("return #ARGV");
+        let mut ours = redis::pipe();
+        queue_script(&mut ours, &script, "lb:{shop}:2026-11-24", "p.s");
+        ours.arg(1_700_000_000_i64).arg("increment").arg(2.5_f64);
+        queue_script(&mut ours, &script, "rate:bob:7", "p.s");
+        ours.arg(120_i64).arg("e1");
+
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key("lb:{shop}:2026-11-24")
+            .key(seen_key("lb:{shop}:2026-11-24", "p.s"))
+            .arg(1_700_000_000_i64)
+            .arg("increment")
+            .arg(2.5_f64);
+        let mut second = script.prepare_invoke();
+        second
+            .key("rate:bob:7")
+            .key(seen_key("rate:bob:7", "p.s"))
+            .arg(120_i64)
+            .arg("e1");
+        let mut expected = redis::pipe();
+        expected.invoke_script(&invocation).invoke_script(&second);
+        assert_eq!(ours.get_packed_pipeline(), expected.get_packed_pipeline());
     }
 
     /// A server error as Redis sends it on the wire, e.g. `-BUSY Redis is busy`.

@@ -1,6 +1,7 @@
-//! Raw-client loops: the rows ingestd's sinks write for the same events (same layout as
-//! DESIGN.md "Stores", same driver crate, same batch sizes and concurrency as the shipped
-//! pipeline by default), built before the clock starts, then written as fast as the driver
+//! Raw-client loops: the rows ingestd's sinks write for the same events (built by the
+//! sinks' own public builders where they have one: cassandra rows, dynamodb items, the
+//! leaderboard and rate counter script calls; same driver crate, same batch sizes and
+//! concurrency as the shipped pipeline by default), built before the clock starts, then written as fast as the driver
 //! goes. The loop does no decoding, queueing, retry bookkeeping or metrics: it is the
 //! ceiling a sink can approach.
 
@@ -10,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, PutRequest, ScalarAttributeType, WriteRequest,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, PutRequest, ScalarAttributeType, WriteRequest,
 };
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use ingestd::event::Event;
 use mongodb::bson::{Bson, DateTime as BsonDateTime, Document, RawDocumentBuf, doc};
@@ -21,8 +22,7 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::{Consistency, Statement};
-use scylla::value::{CqlDate, CqlTimestamp, MaybeUnset};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::payload::{Shape, check_name};
 use crate::progress;
@@ -239,34 +239,12 @@ async fn mongodb_loop(
 
 // --- cassandra: rows of (day, bucket) partitions, single-partition unlogged batches ---
 
-type Row = (
-    CqlDate,
-    i16,
-    CqlTimestamp,
-    String,
-    String,
-    String,
-    MaybeUnset<f64>,
-    String,
-);
+/// ingestd's bound values (`ingestd::sinks::cassandra::row_values`), so the rows cannot
+/// drift from the sink's.
+type Row<'a> = ingestd::sinks::cassandra::RowValues<'a>;
 
-fn cql_date(date: NaiveDate) -> CqlDate {
-    let days = date.signed_duration_since(NaiveDate::default()).num_days();
-    CqlDate(((1_i64 << 31) + days) as u32)
-}
-
-fn cassandra_row(event: &Event) -> Row {
-    (
-        cql_date(event.timestamp.date_naive()),
-        (crc32fast::hash(event.user_id.as_bytes()) % 8) as i16,
-        CqlTimestamp(event.timestamp.timestamp_millis()),
-        event.user_id.clone(),
-        event.event_id.clone(),
-        event.event_type.clone(),
-        MaybeUnset::from_option(event.amount),
-        Value::Object(event.data.clone()).to_string(),
-    )
-}
+/// Partitions per day, as the shipped pipeline configures (`buckets = 8`).
+const CASSANDRA_BUCKETS: u16 = 8;
 
 async fn cassandra_loop(
     arguments: &WriteArgs,
@@ -304,7 +282,10 @@ async fn cassandra_loop(
         .await?;
     insert.set_consistency(Consistency::One);
     insert.set_is_idempotent(true);
-    let rows: Vec<Row> = events.iter().map(|event| cassandra_row(event)).collect();
+    let rows: Vec<Row<'_>> = events
+        .iter()
+        .map(|event| ingestd::sinks::cassandra::row_values(event, CASSANDRA_BUCKETS))
+        .collect();
     // Rows grouped by partition, in arrival order, cut into batches of `batch` statements.
     let mut by_partition: HashMap<(u32, i16), Vec<usize>> = HashMap::new();
     let mut order = Vec::new();
@@ -337,7 +318,7 @@ async fn cassandra_loop(
                 let mut batch = Batch::new_with_statements(BatchType::Unlogged, statements);
                 batch.set_consistency(Consistency::One);
                 batch.set_is_idempotent(true);
-                let values: Vec<&Row> = group.iter().map(|&index| &rows[index]).collect();
+                let values: Vec<&Row<'_>> = group.iter().map(|&index| &rows[index]).collect();
                 session.batch(&batch, values).await?;
                 Ok(())
             })
@@ -346,57 +327,7 @@ async fn cassandra_loop(
     timed(writes, arguments.concurrency, written).await
 }
 
-// --- dynamodb: single-table items, BatchWriteItem of 25 ---
-
-fn attribute(value: &Value) -> AttributeValue {
-    match value {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(boolean) => AttributeValue::Bool(*boolean),
-        Value::Number(number) => AttributeValue::N(number.to_string()),
-        Value::String(text) => AttributeValue::S(text.clone()),
-        Value::Array(values) => AttributeValue::L(values.iter().map(attribute).collect()),
-        Value::Object(object) => AttributeValue::M(attribute_map(object)),
-    }
-}
-
-fn attribute_map(object: &Map<String, Value>) -> HashMap<String, AttributeValue> {
-    object
-        .iter()
-        .map(|(key, value)| (key.clone(), attribute(value)))
-        .collect()
-}
-
-fn dynamo_item(event: &Event, ingested_at: &str) -> HashMap<String, AttributeValue> {
-    let timestamp = ingestd::event::format_timestamp(&event.timestamp);
-    let mut item = HashMap::with_capacity(12);
-    let text = |value: String| AttributeValue::S(value);
-    item.insert("PK".to_string(), text(format!("USER#{}", event.user_id)));
-    item.insert(
-        "SK".to_string(),
-        text(format!("EVENT#{timestamp}#{}", event.event_id)),
-    );
-    item.insert(
-        "GSI1PK".to_string(),
-        text(format!("TYPE#{}", event.event_type)),
-    );
-    item.insert(
-        "GSI1SK".to_string(),
-        text(format!("DATE#{}", event.timestamp.format("%Y-%m-%d"))),
-    );
-    item.insert("event_id".to_string(), text(event.event_id.clone()));
-    item.insert("user_id".to_string(), text(event.user_id.clone()));
-    item.insert("event_type".to_string(), text(event.event_type.clone()));
-    item.insert("timestamp".to_string(), text(timestamp));
-    if let Some(amount) = event.amount {
-        item.insert("amount".to_string(), AttributeValue::N(format!("{amount}")));
-    }
-    item.insert(
-        "data".to_string(),
-        AttributeValue::M(attribute_map(&event.data)),
-    );
-    item.insert("ingested_at".to_string(), text(ingested_at.to_string()));
-    item
-}
+// --- dynamodb: single-table items (ingestd's `event_item`), BatchWriteItem of 25 ---
 
 pub async fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -472,13 +403,15 @@ async fn dynamodb_loop(
     let requests: Vec<WriteRequest> = events
         .iter()
         .map(|event| {
+            let item = ingestd::sinks::dynamodb::event_item(event, &ingested_at)
+                .map_err(|error| anyhow::anyhow!("item of {}: {error}", event.event_id))?;
             let put = PutRequest::builder()
-                .set_item(Some(dynamo_item(event, &ingested_at)))
+                .set_item(Some(item))
                 .build()
                 .expect("item is set");
-            WriteRequest::builder().put_request(put).build()
+            Ok(WriteRequest::builder().put_request(put).build())
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let (client, table) = (&client, arguments.dynamo_table.as_str());
     let writes = requests
         .chunks(25)
@@ -510,153 +443,41 @@ async fn dynamodb_loop(
     timed(writes, arguments.concurrency, written).await
 }
 
-// --- redis aggregates: the same Lua scripts as ingestd, one invocation per key ---
-
-/// A copy of ingestd's leaderboard script (src/sinks/leaderboard.rs): the raw loop does
-/// the same idempotent work per key, so the comparison is about everything around it.
-const LEADERBOARD_SCRIPT: &str = r#"
-local keep_max = ARGV[2] == 'max'
-local updated = 0
-local i = 3
-while i <= #ARGV do
-  local member = ARGV[i]
-  local count = tonumber(ARGV[i + 1])
-  i = i + 2
-  local total = nil
-  for _ = 1, count do
-    local score = tonumber(ARGV[i + 1])
-    if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
-      if total == nil then
-        total = score
-      elseif keep_max then
-        total = math.max(total, score)
-      else
-        total = total + score
-      end
-    end
-    i = i + 2
-  end
-  if total ~= nil then
-    local value = string.format('%.17g', total)
-    if keep_max then
-      redis.call('ZADD', KEYS[1], 'GT', value, member)
-    else
-      redis.call('ZINCRBY', KEYS[1], value, member)
-    end
-    updated = updated + 1
-  end
-end
-if updated > 0 then
-  redis.call('EXPIREAT', KEYS[1], ARGV[1])
-  redis.call('EXPIREAT', KEYS[2], ARGV[1])
-end
-return updated
-"#;
-
-/// A copy of ingestd's rate counter script (src/sinks/rate_counter.rs).
-const RATE_SCRIPT: &str = r#"
-local before = tonumber(redis.call('GET', KEYS[1]) or '0')
-local after = before
-local result = {before, 0}
-for i = 2, #ARGV do
-  local ordinal = redis.call('HGET', KEYS[2], ARGV[i])
-  if ordinal then
-    ordinal = tonumber(ordinal)
-  else
-    after = after + 1
-    ordinal = after
-    redis.call('HSET', KEYS[2], ARGV[i], ordinal)
-  end
-  result[#result + 1] = ordinal
-end
-if after > before then
-  redis.call('INCRBY', KEYS[1], after - before)
-  redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
-  redis.call('EXPIRE', KEYS[2], ARGV[1], 'NX')
-end
-result[2] = after
-return result
-"#;
-
-/// One member of a board-day and its `(event_id, score)` contributions, in batch order.
-type MemberScores<'a> = (&'a str, Vec<(&'a str, f64)>);
+// --- redis aggregates: ingestd's own script calls, one pipeline per batch ---
+//
+// The commands come from `ingestd::sinks::{leaderboard, rate_counter}::batch_pipeline`
+// (the same scripts, keys and arguments as the sinks send), built before the clock starts.
 
 async fn leaderboard_loop(
     arguments: &WriteArgs,
     events: &[Arc<Event>],
     written: &Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
+    use ingestd::sinks::leaderboard::{self, BoardConfig, LeaderboardConfig, Score};
     let client = redis::Client::open(arguments.redis_url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
-    let script = redis::Script::new(LEADERBOARD_SCRIPT);
-    script.load_async(&mut connection).await?;
-    let ttl_secs = 8 * 86_400;
-    // Per batch: one invocation per UTC day, members in order of first appearance.
-    let mut pipelines = Vec::new();
-    for batch in events.chunks(arguments.batch.max(1)) {
-        let mut days: Vec<(NaiveDate, Vec<MemberScores<'_>>)> = Vec::new();
-        for event in batch {
-            let Some(amount) = event.amount else { continue };
-            let day = event.timestamp.date_naive();
-            let position = match days.iter().position(|(known, _)| *known == day) {
-                Some(position) => position,
-                None => {
-                    days.push((day, Vec::new()));
-                    days.len() - 1
-                }
-            };
-            let members = &mut days[position].1;
-            match members
-                .iter_mut()
-                .find(|(member, _)| *member == event.user_id)
-            {
-                Some((_, contributions)) => contributions.push((&event.event_id, amount)),
-                None => members.push((&event.user_id, vec![(&event.event_id, amount)])),
-            }
-        }
-        let mut pipeline = redis::pipe();
-        for (day, members) in days {
-            let key = format!("{}{}", arguments.key_prefix, day.format("%Y-%m-%d"));
-            let expire_at = day
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight")
-                .and_utc()
-                .timestamp()
-                + 86_400
-                + ttl_secs;
-            let mut invocation = script.prepare_invoke();
-            invocation
-                .key(&key)
-                .key(ingestd::sinks::redis_aggregate::seen_key(
-                    &key,
-                    &arguments.sink_id,
-                ))
-                .arg(expire_at)
-                .arg("increment");
-            for (member, contributions) in &members {
-                invocation.arg(*member).arg(contributions.len());
-                for (event_id, score) in contributions {
-                    invocation.arg(*event_id).arg(*score);
-                }
-            }
-            pipeline.invoke_script(&invocation);
-        }
-        pipelines.push((batch.len() as u64, pipeline));
-    }
-    let connection = &connection;
-    let writes = pipelines
-        .into_iter()
-        .map(|(events, pipeline)| {
-            (events, async move {
-                let mut connection = connection.clone();
-                pipeline
-                    .query_async::<redis::Value>(&mut connection)
-                    .await?;
-                Ok::<_, anyhow::Error>(())
-            })
+    redis::Script::new(leaderboard::LEADERBOARD_SCRIPT)
+        .load_async(&mut connection)
+        .await?;
+    // The shipped pipeline's board (pipelines/analytics.toml), under this run's prefix.
+    let config = LeaderboardConfig {
+        boards: vec![BoardConfig {
+            name: "purchases".to_string(),
+            event_types: vec![arguments.event_type.clone()],
+            score: Score::Field("amount".to_string()),
+            key_prefix: Some(arguments.key_prefix.clone()),
+            ..BoardConfig::default()
+        }],
+    };
+    let now = Utc::now();
+    let pipelines: Vec<(u64, redis::Pipeline)> = events
+        .chunks(arguments.batch.max(1))
+        .map(|batch| {
+            let pipeline = leaderboard::batch_pipeline(&config, &arguments.sink_id, batch, now);
+            (batch.len() as u64, pipeline)
         })
         .collect();
-    timed(writes, arguments.concurrency, written).await
+    send_pipelines(&connection, pipelines, arguments.concurrency, written).await
 }
 
 async fn rate_counter_loop(
@@ -664,49 +485,35 @@ async fn rate_counter_loop(
     events: &[Arc<Event>],
     written: &Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
+    use ingestd::sinks::rate_counter::{self, RateCounterConfig};
     let client = redis::Client::open(arguments.redis_url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
-    let script = redis::Script::new(RATE_SCRIPT);
-    script.load_async(&mut connection).await?;
-    let window_secs = 60;
-    let ttl_secs = 120;
-    let mut pipelines = Vec::new();
-    for batch in events.chunks(arguments.batch.max(1)) {
-        let mut keys: Vec<String> = Vec::new();
-        let mut ids_of_key: HashMap<String, Vec<&str>> = HashMap::new();
-        for event in batch {
-            let key = format!(
-                "{}{}:{}",
-                arguments.key_prefix,
-                event.user_id,
-                event.timestamp.timestamp().div_euclid(window_secs)
-            );
-            ids_of_key
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    keys.push(key);
-                    Vec::new()
-                })
-                .push(&event.event_id);
-        }
-        let mut pipeline = redis::pipe();
-        for key in &keys {
-            let mut invocation = script.prepare_invoke();
-            invocation
-                .key(key)
-                .key(ingestd::sinks::redis_aggregate::seen_key(
-                    key,
-                    &arguments.sink_id,
-                ))
-                .arg(ttl_secs);
-            for event_id in &ids_of_key[key] {
-                invocation.arg(*event_id);
-            }
-            pipeline.invoke_script(&invocation);
-        }
-        pipelines.push((batch.len() as u64, pipeline));
-    }
-    let connection = &connection;
+    redis::Script::new(rate_counter::RATE_SCRIPT)
+        .load_async(&mut connection)
+        .await?;
+    // The shipped pipeline's counter (pipelines/analytics.toml), under this run's prefix.
+    let config = RateCounterConfig {
+        key_prefix: arguments.key_prefix.clone(),
+        ..RateCounterConfig::default()
+    };
+    let pipelines: Vec<(u64, redis::Pipeline)> = events
+        .chunks(arguments.batch.max(1))
+        .map(|batch| {
+            let pipeline = rate_counter::batch_pipeline(&config, &arguments.sink_id, batch);
+            (batch.len() as u64, pipeline)
+        })
+        .collect();
+    send_pipelines(&connection, pipelines, arguments.concurrency, written).await
+}
+
+/// Sends the prepared pipelines, `concurrency` at a time on one multiplexed connection
+/// (as the sinks do on theirs).
+async fn send_pipelines(
+    connection: &redis::aio::MultiplexedConnection,
+    pipelines: Vec<(u64, redis::Pipeline)>,
+    concurrency: usize,
+    written: &Arc<AtomicU64>,
+) -> anyhow::Result<f64> {
     let writes = pipelines
         .into_iter()
         .map(|(events, pipeline)| {
@@ -719,5 +526,5 @@ async fn rate_counter_loop(
             })
         })
         .collect();
-    timed(writes, arguments.concurrency, written).await
+    timed(writes, concurrency, written).await
 }
