@@ -526,3 +526,96 @@ async fn readyz_names_the_sink_that_is_not_reachable() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), running.task).await;
 }
+
+/// A rate-limit gate whose keys partly fail for good: events whose `user_id` is `broken`
+/// fail permanently, those of `heavy` are over the limit; the rest are within it.
+struct PartlyBrokenGate;
+
+impl Sink for PartlyBrokenGate {
+    fn write<'a>(
+        &'a self,
+        batch: &'a [Arc<Event>],
+    ) -> BoxFuture<'a, Result<Written, BatchFailure>> {
+        async move {
+            let mut failed = Vec::new();
+            let mut over_limit = Vec::new();
+            for (index, event) in batch.iter().enumerate() {
+                match event.user_id.as_str() {
+                    "broken" => {
+                        failed.push((index, SinkError::permanent("wrong_type", "WRONGTYPE")))
+                    }
+                    "heavy" => over_limit.push(index),
+                    _ => {}
+                }
+            }
+            Err(BatchFailure::SomeWritten {
+                failed,
+                written: Written { over_limit },
+            })
+        }
+        .boxed()
+    }
+
+    fn check_ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_partly_fails_still_drops_what_is_over_the_limit() {
+    let channel = unique("gate-partial");
+    let mut config = base_config();
+    let mut gated = pipeline(
+        &[&channel],
+        vec![
+            (
+                "rate",
+                sink("batch = { max_events = 30, linger = \"200ms\" }\n[rate_counter]\nlimit = 1"),
+            ),
+            ("out", sink("blackhole = {}\nbatch = { linger = \"10ms\" }")),
+        ],
+    );
+    gated.on_limit = ingestd::config::OnLimit::Drop;
+    config.pipelines.insert("gated".to_string(), gated);
+    let recording = RecordingSink::new();
+    let app = start(
+        App::new(config)
+            .with_sink("gated", "rate", Arc::new(PartlyBrokenGate))
+            .with_sink("gated", "out", recording.clone()),
+    )
+    .await;
+    let mut payloads = Vec::new();
+    for user in ["light", "heavy", "broken"] {
+        for index in 0..10 {
+            payloads.push(event_json(
+                &format!("{channel}-{user}-{index}"),
+                user,
+                "click",
+                1.0,
+            ));
+        }
+    }
+    publish_all(&channel, &payloads).await;
+    eventually(
+        Duration::from_secs(10),
+        "the light user's 10 events",
+        || async { recording.event_ids().len() >= 10 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut forwarded = recording.event_ids();
+    forwarded.sort();
+    let mut expected: Vec<String> = (0..10)
+        .map(|index| format!("{channel}-light-{index}"))
+        .collect();
+    expected.sort();
+    // Over the limit: dropped; failed for good: dead-lettered and (the gate gave up on
+    // them) still forwarded, as before.
+    let broken: Vec<String> = (0..10)
+        .map(|index| format!("{channel}-broken-{index}"))
+        .collect();
+    expected.extend(broken);
+    expected.sort();
+    assert_eq!(forwarded, expected);
+    app.stop().await;
+}

@@ -787,16 +787,42 @@ async fn a_key_of_the_wrong_type_fails_only_its_events_permanently() {
     let _ = leaderboard.write(&batch).await;
     assert_eq!(zset(&fine).await["erin"], 1.0);
 
-    let Err(BatchFailure::Some(failures)) = rate.write(&batch).await else {
+    // With a limit of 1, finn's second event is over it: the verdict must survive erin's
+    // failure, or a gate would let it through.
+    let strict = RateCounterSink::new(
+        &rate_config(&format!("key_prefix = \"{prefix}:strict:\"\nlimit = 1")),
+        &context(&pipeline_name, "strict").await,
+    )
+    .unwrap();
+    let () = connection
+        .hset(format!("{prefix}:strict:erin:{window}"), "x", "y")
+        .await
+        .unwrap();
+    let mut with_second = batch.clone();
+    with_second.push(decoded(payload(
+        &format!("{prefix}-finn-2"),
+        "finn",
+        "click",
+        None,
+        at,
+        json!({}),
+    )));
+    let Err(BatchFailure::SomeWritten { failed, written }) = strict.write(&with_second).await
+    else {
         panic!("the counter of the wrong type fails");
     };
-    assert_eq!(failures.len(), 1);
-    assert_eq!(failures[0].0, 0, "only erin's event");
-    assert!(!failures[0].1.retryable);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, 0, "only erin's event");
+    assert!(!failed[0].1.retryable);
+    assert_eq!(written.over_limit, vec![2], "finn's second event");
     assert_eq!(
-        get_counter(&format!("{prefix}:rate:finn:{window}")).await,
-        Some(1)
+        get_counter(&format!("{prefix}:strict:finn:{window}")).await,
+        Some(2)
     );
+    let Err(BatchFailure::SomeWritten { failed, .. }) = rate.write(&batch).await else {
+        panic!("the counter of the wrong type fails");
+    };
+    assert_eq!(failed.len(), 1);
 }
 
 /// A private `redis-server` (the Debian package `deploy/local/services` installs) on a

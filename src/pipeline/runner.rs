@@ -95,28 +95,12 @@ impl SinkRunner {
                     }
                 }
                 Err(BatchFailure::Some(failures)) => {
-                    let mut failed = vec![None; pending.len()];
-                    for (index, error) in failures {
-                        if let Some(slot) = failed.get_mut(index) {
-                            *slot = Some(error);
-                        }
-                    }
-                    let mut written = Vec::new();
-                    for (event, failure) in pending.into_iter().zip(failed) {
-                        match failure {
-                            None => written.push(event),
-                            Some(error) => {
-                                self.metrics.write_errors(error.kind, 1);
-                                if error.retryable {
-                                    retry.push(event);
-                                } else {
-                                    self.dead_letter_all(&[event], "permanent_error", &error)
-                                        .await;
-                                }
-                            }
-                        }
-                    }
-                    self.settle_written(&written, &[]).await;
+                    retry = self.settle_partial(pending, failures, &[]).await;
+                }
+                Err(BatchFailure::SomeWritten { failed, written }) => {
+                    retry = self
+                        .settle_partial(pending, failed, &written.over_limit)
+                        .await;
                 }
             }
             if retry.is_empty() {
@@ -145,6 +129,50 @@ impl SinkRunner {
                 }
             }
         }
+    }
+
+    /// Settles a partly failed batch: the written events as written (with their
+    /// over-limit verdicts, indices into `batch`), the permanent failures dead-lettered.
+    /// Returns the events to retry.
+    async fn settle_partial(
+        &self,
+        batch: Vec<Arc<Event>>,
+        failures: Vec<(usize, SinkError)>,
+        over_limit: &[usize],
+    ) -> Vec<Arc<Event>> {
+        let mut failed = vec![None; batch.len()];
+        for (index, error) in failures {
+            if let Some(slot) = failed.get_mut(index) {
+                *slot = Some(error);
+            }
+        }
+        let mut limited = vec![false; batch.len()];
+        for &index in over_limit {
+            if let Some(slot) = limited.get_mut(index) {
+                *slot = true;
+            }
+        }
+        let mut retry = Vec::new();
+        let mut written = Vec::new();
+        let mut written_over_limit = Vec::new();
+        for ((event, failure), is_limited) in batch.into_iter().zip(failed).zip(limited) {
+            let Some(error) = failure else {
+                if is_limited {
+                    written_over_limit.push(written.len());
+                }
+                written.push(event);
+                continue;
+            };
+            self.metrics.write_errors(error.kind, 1);
+            if error.retryable {
+                retry.push(event);
+            } else {
+                self.dead_letter_all(&[event], "permanent_error", &error)
+                    .await;
+            }
+        }
+        self.settle_written(&written, &written_over_limit).await;
+        retry
     }
 
     /// Counts written events, records their latency and, for a gate, forwards them.

@@ -64,6 +64,12 @@ pub enum BatchFailure {
     All(SinkError),
     /// Only these events (indices into the batch) failed; the rest are written.
     Some(Vec<(usize, SinkError)>),
+    /// As [`BatchFailure::Some`], plus what the written events report: a rate counter's
+    /// over-limit verdicts (indices into the batch), so its gate still drops or tags them.
+    SomeWritten {
+        failed: Vec<(usize, SinkError)>,
+        written: Written,
+    },
 }
 
 /// What a successful write reports back beyond "written".

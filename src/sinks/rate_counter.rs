@@ -335,11 +335,17 @@ impl RateCounterSink {
             // so the retry returns every verdict, which a partial failure cannot carry.
             return Err(BatchFailure::All(error));
         }
-        if !permanent.is_empty() {
-            return Err(BatchFailure::Some(permanent));
-        }
         over_limit.sort_unstable();
-        Ok(Written { over_limit })
+        let written = Written { over_limit };
+        if !permanent.is_empty() {
+            // The verdicts of the counted keys go along, or a gate would let events
+            // over their limit through because another key of the batch was broken.
+            return Err(BatchFailure::SomeWritten {
+                failed: permanent,
+                written,
+            });
+        }
+        Ok(written)
     }
 }
 
