@@ -764,3 +764,78 @@ fn the_configuration_must_say_what_the_streams_source_reads() {
     let keys: Vec<String> = pubsub.validate().into_iter().map(|(key, _)| key).collect();
     assert_eq!(keys, ["pipelines.main.channels", "pipelines.main.streams"]);
 }
+
+async fn consumer_names(stream: &str, group: &str) -> Vec<String> {
+    let mut redis = redis_connection().await;
+    let info: redis::streams::StreamInfoConsumersReply =
+        redis.xinfo_consumers(stream, group).await.unwrap();
+    let mut names: Vec<String> = info
+        .consumers
+        .into_iter()
+        .map(|consumer| consumer.name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_consumers_holding_nothing_are_removed_from_the_group() {
+    let stream = unique("streams-forget");
+    let group = unique("group");
+    let mut redis = redis_connection().await;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(&group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // "gone" holds nothing (a replica scaled away); "holder" died holding one entry.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg(&group)
+        .arg("gone")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    xadd_all(&stream, &payloads("holder", 0..1)).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("holder")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(consumer_names(&stream, &group).await, ["gone", "holder"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut config = base_config();
+    config.source.kind = SourceKind::Streams;
+    config.source.streams.group = group.clone();
+    config.source.streams.consumer = Some("live".to_string());
+    config.source.streams.block = Duration::from_millis(100);
+    config.source.streams.claim_interval = Duration::from_millis(100);
+    // The holder's entry stays its own (no claim), so it must be kept.
+    config.source.streams.claim_idle = Duration::from_secs(600);
+    config.source.streams.forget_idle = Duration::from_millis(200);
+    config.pipelines.insert(
+        "main".to_string(),
+        streams_pipeline(&stream, "blackhole = {}"),
+    );
+    let app = start(App::new(config)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the idle empty consumer removed",
+        || async { consumer_names(&stream, &group).await == ["holder", "live"] },
+    )
+    .await;
+    assert_eq!(pending_of(&stream, &group, "holder").await, 1);
+    app.stop().await;
+    let _: () = redis.del(&stream).await.unwrap();
+}

@@ -149,6 +149,13 @@ pub struct StreamsConfig {
     /// How often to look for entries to take over (and refresh this replica's own).
     #[serde(with = "humantime_serde")]
     pub claim_interval: Duration,
+    /// Consumers of the group that hold no pending entry and have not read for this long
+    /// are removed (XGROUP DELCONSUMER): replicas gone after a scale-down or a restart
+    /// under a new `{hostname}-{pid}` name, so XINFO CONSUMERS lists live ones. A live
+    /// replica reads every `block`, and one removed anyway is recreated at its next read.
+    /// `0s` keeps every consumer.
+    #[serde(with = "humantime_serde")]
+    pub forget_idle: Duration,
     /// The entry field holding the event JSON; entries without it are dead-lettered.
     pub payload_field: String,
     /// Create the group (and the stream, `MKSTREAM`) at start when missing.
@@ -166,6 +173,7 @@ impl Default for StreamsConfig {
             block: Duration::from_secs(1),
             claim_idle: Duration::from_secs(30),
             claim_interval: Duration::from_secs(5),
+            forget_idle: Duration::from_secs(3600),
             payload_field: "payload".to_string(),
             create_group: true,
             start_id: "0".to_string(),

@@ -482,6 +482,7 @@ impl Reader {
                 }
                 cursor = next;
             }
+            self.forget_idle_consumers(connection, &stream.key).await?;
             let summary: Value = redis::cmd("XPENDING")
                 .arg(&*stream.key)
                 .arg(&self.settings.group)
@@ -492,6 +493,36 @@ impl Reader {
             {
                 stream.pending.set(*count as f64);
             }
+        }
+        Ok(())
+    }
+
+    /// Removes the group's consumers that hold nothing and have been idle longer than
+    /// `forget_idle` (see [`StreamsConfig::forget_idle`]). Never this replica itself.
+    async fn forget_idle_consumers(
+        &self,
+        connection: &mut MultiplexedConnection,
+        key: &str,
+    ) -> RedisResult<()> {
+        let forget_idle = self.settings.forget_idle.as_millis() as usize;
+        if forget_idle == 0 {
+            return Ok(());
+        }
+        let info: redis::streams::StreamInfoConsumersReply =
+            redis::AsyncCommands::xinfo_consumers(connection, key, &self.settings.group).await?;
+        for consumer in info.consumers {
+            if consumer.name == self.consumer || consumer.pending > 0 || consumer.idle < forget_idle
+            {
+                continue;
+            }
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(key)
+                .arg(&self.settings.group)
+                .arg(&consumer.name)
+                .query_async(connection)
+                .await?;
+            tracing::info!(stream = %key, consumer = %consumer.name, idle_ms = consumer.idle, "removed an idle consumer that held nothing");
         }
         Ok(())
     }
