@@ -27,25 +27,6 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     directory
 }
 
-/// Runs `ingestd check` and returns (exit code, stderr).
-fn check(directory: &Path) -> (i32, String) {
-    let output = ingestd()
-        .current_dir(directory)
-        .args([
-            "--config",
-            "ingestd.toml",
-            "--pipelines",
-            "pipelines",
-            "check",
-        ])
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_names_the_file_and_key_of_each_problem() {
     let directory = temp_dir("check");
@@ -56,7 +37,7 @@ fn check_names_the_file_and_key_of_each_problem() {
         &directory.join("ingestd.toml"),
         "[shutdown]\ndeadline = \"5 parsecs\"\n",
     );
-    let (code, stderr) = check(&directory);
+    let (code, stderr) = common::ingestd_check(&directory);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("ingestd.toml: shutdown.deadline: "),
@@ -68,7 +49,7 @@ fn check_names_the_file_and_key_of_each_problem() {
         &directory.join("ingestd.toml"),
         "[redis]\nurll = \"redis://x\"\n",
     );
-    let (code, stderr) = check(&directory);
+    let (code, stderr) = common::ingestd_check(&directory);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("ingestd.toml: redis.urll: unknown field"),
@@ -80,7 +61,7 @@ fn check_names_the_file_and_key_of_each_problem() {
         &directory.join("pipelines/main.toml"),
         "channels = [\"events\"]\n[sinks.out]\nblackhole = {}\nbatch = { max_events = \"ten\" }\n",
     );
-    let (code, stderr) = check(&directory);
+    let (code, stderr) = common::ingestd_check(&directory);
     assert_eq!(code, 2);
     assert!(
         stderr.contains(
@@ -93,7 +74,7 @@ fn check_names_the_file_and_key_of_each_problem() {
         &directory.join("pipelines/main.toml"),
         "channels = [\"events\"]\n[sinks.out]\nbatch = { max_events = 0 }\n",
     );
-    let (code, stderr) = check(&directory);
+    let (code, stderr) = common::ingestd_check(&directory);
     assert_eq!(code, 2);
     assert!(
         stderr.contains(
@@ -109,7 +90,7 @@ fn check_names_the_file_and_key_of_each_problem() {
     );
 
     write(&directory.join("pipelines/main.toml"), good_pipeline);
-    let (code, stderr) = check(&directory);
+    let (code, stderr) = common::ingestd_check(&directory);
     assert_eq!(code, 0, "{stderr}");
     let refused = ingestd()
         .current_dir(&directory)

@@ -50,6 +50,19 @@ async fn xadd_all(stream: &str, payloads: &[Vec<u8>]) {
 }
 
 /// Entries of the group read and not acknowledged (XPENDING summary).
+/// Creates `group` on `stream` (and the stream), reading from its start.
+async fn create_group(stream: &str, group: &str) {
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis_connection().await)
+        .await
+        .unwrap();
+}
+
 async fn pending(stream: &str, group: &str) -> i64 {
     let mut connection = redis_connection().await;
     let summary: redis::Value = redis::cmd("XPENDING")
@@ -181,15 +194,7 @@ async fn entries_are_acknowledged_once_written_or_dead_lettered_and_own_pending_
     let mut redis = redis_connection().await;
 
     // A previous run of this consumer read entries and died before acknowledging them.
-    let () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(&group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    create_group(&stream, &group).await;
     xadd_all(&stream, &payloads("pre", 0..3)).await;
     let deleted_id: String = redis
         .xadd(&stream, "*", &[("payload", "deleted while pending")])
@@ -783,15 +788,7 @@ async fn idle_consumers_holding_nothing_are_removed_from_the_group() {
     let stream = unique("streams-forget");
     let group = unique("group");
     let mut redis = redis_connection().await;
-    let () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(&group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    create_group(&stream, &group).await;
     // "gone" holds nothing (a replica scaled away); "holder" died holding one entry.
     let _: i64 = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")

@@ -290,19 +290,8 @@ fn check_reports_unusable_ca_files_with_the_key_and_the_fix() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingestd"))
-        .current_dir(&directory)
-        .args([
-            "--config",
-            "ingestd.toml",
-            "--pipelines",
-            "pipelines",
-            "check",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = common::ingestd_check(&directory);
+    assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("pipelines.main.sinks.cass.cassandra.tls_ca_file: cannot read CA file")
             && stderr.contains(&missing.display().to_string()),

@@ -341,3 +341,23 @@ pub fn tls_dir() -> std::path::PathBuf {
     }
     directory
 }
+
+/// Runs `ingestd check` in `directory` (its `ingestd.toml` and `pipelines/`) and returns
+/// (exit code, stderr).
+pub fn ingestd_check(directory: &std::path::Path) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingestd"))
+        .current_dir(directory)
+        .args([
+            "--config",
+            "ingestd.toml",
+            "--pipelines",
+            "pipelines",
+            "check",
+        ])
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
