@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{DateTime, Utc};
 
 use crate::event::Event;
-
-pub const NAME: &str = "ingestd_end_to_end_latency_seconds";
+use crate::telemetry::metrics::END_TO_END_LATENCY as NAME;
 const HELP: &str = "From the event timestamp to the sink's acknowledgement.";
 
 /// Upper bounds in seconds: fine where latencies usually are (linger and write times of

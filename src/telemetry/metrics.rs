@@ -35,6 +35,8 @@ pub const SINK_QUEUE_DEPTH: &str = "ingestd_sink_queue_depth";
 pub const SINK_QUEUE_CAPACITY: &str = "ingestd_sink_queue_capacity";
 pub const SINK_DROPPED: &str = "ingestd_sink_dropped_events_total";
 pub const SINK_IN_FLIGHT: &str = "ingestd_sink_in_flight_batches";
+/// Recorded by [`crate::telemetry::latency`], not through the recorder.
+pub const END_TO_END_LATENCY: &str = "ingestd_end_to_end_latency_seconds";
 pub const DEAD_LETTERS: &str = "ingestd_dead_letters_total";
 pub const DEAD_LETTER_WRITE_ERRORS: &str = "ingestd_dead_letter_write_errors_total";
 pub const SPOOL_BYTES: &str = "ingestd_spool_bytes";
