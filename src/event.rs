@@ -18,6 +18,8 @@ use crate::pipeline::ack::AckToken;
 pub const MAX_USER_ID_BYTES: usize = 256;
 pub const MAX_EVENT_TYPE_BYTES: usize = 128;
 pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// The part of [`Event::resident_bytes`] that does not grow with the payload.
+const RESIDENT_BASE_BYTES: usize = 512;
 
 /// Why a message was rejected; the string form is the `reason` of its dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +114,13 @@ impl Event {
     /// Approximate size used by batchers for `max_bytes`.
     pub fn size_bytes(&self) -> usize {
         self.payload.len()
+    }
+
+    /// Estimated memory the event holds while queued: its bytes plus the decoded fields
+    /// and `data` map, which take about twice the JSON they came from. `bench/run`
+    /// measures the real figure (1,033 B for a 156 B payload; this gives 980 B).
+    pub fn resident_bytes(&self) -> usize {
+        RESIDENT_BASE_BYTES + 3 * self.payload.len()
     }
 
     /// `data` as stored: the input's data plus `rate_limited` when tagged.

@@ -378,6 +378,11 @@ pub enum WhenFull {
 pub struct QueueConfig {
     /// Events held in memory for this sink.
     pub capacity: usize,
+    /// Memory the events held for this sink may take, estimated per event as
+    /// `512 B + 3 x its size` (its bytes plus the decoded form). The queue is full at
+    /// `capacity` or `max_bytes`, whichever comes first; with large events this is the
+    /// bound that holds.
+    pub max_bytes: ByteSize,
     /// `spool`, `block` or `drop_oldest`.
     pub when_full: WhenFull,
 }
@@ -386,6 +391,7 @@ impl Default for QueueConfig {
     fn default() -> QueueConfig {
         QueueConfig {
             capacity: 20_000,
+            max_bytes: ByteSize::mib(32),
             when_full: WhenFull::Spool,
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! When full, `spool` spills to the sink's [`Spool`] and a replayer task brings spooled
 //! events back in order as room frees; once spilling, new events go to the spool too until
-//! it is drained, so order holds and memory stays bounded by the capacity. `block` makes
+//! it is drained, so order holds and memory stays bounded by `capacity` and `max_bytes`
+//! (whichever is reached first; see [`Event::resident_bytes`]). `block` makes
 //! the producer wait; `drop_oldest` discards the oldest event (counted). Closing lets the
 //! consumer drain what is left, spool included, then stop; a shutdown past its deadline
 //! evacuates what is only in memory to the spool instead.
@@ -27,6 +28,8 @@ struct State {
     events: VecDeque<Arc<Event>>,
     /// Sum of `size_bytes` of `events`.
     bytes: usize,
+    /// Sum of `resident_bytes` of `events`: what `queue.max_bytes` bounds.
+    resident: usize,
     /// The waiting consumer wants a wake-up once this many events are queued (0: it is
     /// not waiting). Producers notify only then, not on every event: a lingering batch
     /// is woken when it can be filled, not once per arrival.
@@ -43,6 +46,8 @@ struct State {
 pub struct SinkQueue {
     state: Mutex<State>,
     capacity: usize,
+    /// `queue.max_bytes`: full once the events held are estimated to take this much.
+    max_bytes: usize,
     when_full: WhenFull,
     /// Wakes the consumer when events arrive or the queue closes.
     not_empty: Notify,
@@ -56,13 +61,19 @@ pub struct SinkQueue {
 }
 
 impl SinkQueue {
-    pub fn new(capacity: usize, when_full: WhenFull, metrics: SinkMetrics) -> SinkQueue {
+    pub fn new(
+        capacity: usize,
+        max_bytes: usize,
+        when_full: WhenFull,
+        metrics: SinkMetrics,
+    ) -> SinkQueue {
         debug_assert!(capacity > 0);
         metrics.set_capacity(capacity);
         SinkQueue {
             state: Mutex::new(State {
                 events: VecDeque::with_capacity(capacity.min(65_536)),
                 bytes: 0,
+                resident: 0,
                 wake_at_events: 0,
                 wake_at_bytes: 0,
                 closed: false,
@@ -70,6 +81,7 @@ impl SinkQueue {
                 evacuating: false,
             }),
             capacity,
+            max_bytes,
             when_full,
             not_empty: Notify::new(),
             not_full: Notify::new(),
@@ -92,12 +104,18 @@ impl SinkQueue {
         if queue.when_full != WhenFull::Spool {
             return Ok(Arc::new(SinkQueue::new(
                 queue.capacity,
+                queue.max_bytes.as_u64() as usize,
                 queue.when_full,
                 metrics,
             )));
         }
         let spool = Spool::open(spool, pipeline, sink).await?;
-        let mut sink_queue = SinkQueue::new(queue.capacity, WhenFull::Spool, metrics);
+        let mut sink_queue = SinkQueue::new(
+            queue.capacity,
+            queue.max_bytes.as_u64() as usize,
+            WhenFull::Spool,
+            metrics,
+        );
         // Spooled events are older than anything the source will read now.
         sink_queue.state.get_mut().expect("queue lock").spilling = spool.has_backlog();
         sink_queue.spool = Some(spool);
@@ -121,16 +139,20 @@ impl SinkQueue {
                 if state.closed {
                     return false;
                 }
-                if state.events.len() < self.capacity {
+                if self.has_room(&state) {
                     state.append(pending.take().expect("event present"));
                     self.metrics.queue_depth.set(state.events.len() as f64);
                     self.wake_if_wanted(state);
                     return true;
                 }
                 if self.when_full == WhenFull::DropOldest {
-                    state.pop();
+                    let mut dropped = 0;
+                    while !self.has_room(&state) && state.pop().is_some() {
+                        dropped += 1;
+                    }
                     state.append(pending.take().expect("event present"));
-                    self.metrics.dropped.increment(1);
+                    self.metrics.dropped.increment(dropped);
+                    self.metrics.queue_depth.set(state.events.len() as f64);
                     self.wake_if_wanted(state);
                     return true;
                 }
@@ -146,8 +168,10 @@ impl SinkQueue {
         {
             let mut state = self.state.lock().expect("queue lock");
             if !state.closed && !state.spilling && !state.evacuating {
-                let room = self.capacity.saturating_sub(state.events.len());
-                for event in events.by_ref().take(room) {
+                while self.has_room(&state) {
+                    let Some(event) = events.next() else {
+                        break;
+                    };
                     state.append(event);
                 }
                 self.metrics.queue_depth.set(state.events.len() as f64);
@@ -182,7 +206,7 @@ impl SinkQueue {
             if state.closed && !state.evacuating {
                 return false;
             }
-            if !state.spilling && !state.evacuating && state.events.len() < self.capacity {
+            if !state.spilling && !state.evacuating && self.has_room(&state) {
                 state.append(event);
                 self.metrics.queue_depth.set(state.events.len() as f64);
                 self.wake_if_wanted(state);
@@ -207,11 +231,17 @@ impl SinkQueue {
     async fn replay(self: Arc<Self>) {
         let spool = Arc::clone(self.spool.as_ref().expect("the replayer has a spool"));
         loop {
-            let (spilling, room, stop) = {
+            let (spilling, room, byte_room, stop) = {
                 let state = self.state.lock().expect("queue lock");
+                let room = if self.has_room(&state) {
+                    self.capacity - state.events.len()
+                } else {
+                    0
+                };
                 (
                     state.spilling,
-                    self.capacity.saturating_sub(state.events.len()),
+                    room,
+                    self.max_bytes.saturating_sub(state.resident),
                     state.evacuating || (state.closed && !state.spilling),
                 )
             };
@@ -222,7 +252,7 @@ impl SinkQueue {
                 spool.woken().await;
                 continue;
             }
-            let events = spool.read(room.min(REPLAY_CHUNK)).await;
+            let events = spool.read(room.min(REPLAY_CHUNK), byte_room).await;
             if !events.is_empty() {
                 let mut state = self.state.lock().expect("queue lock");
                 if state.evacuating {
@@ -286,6 +316,7 @@ impl SinkQueue {
             state.evacuating = true;
             self.metrics.queue_depth.set(0.0);
             state.bytes = 0;
+            state.resident = 0;
             state.events.drain(..).collect()
         };
         self.evacuated.cancel();
@@ -432,17 +463,25 @@ impl SinkQueue {
 impl State {
     fn append(&mut self, event: Arc<Event>) {
         self.bytes += event.size_bytes();
+        self.resident += event.resident_bytes();
         self.events.push_back(event);
     }
 
     fn pop(&mut self) -> Option<Arc<Event>> {
         let event = self.events.pop_front()?;
         self.bytes -= event.size_bytes();
+        self.resident -= event.resident_bytes();
         Some(event)
     }
 }
 
 impl SinkQueue {
+    /// Below both bounds: `capacity` events and `max_bytes` estimated bytes (so a single
+    /// event larger than `max_bytes` still fits in an empty queue).
+    fn has_room(&self, state: &State) -> bool {
+        state.events.len() < self.capacity && state.resident < self.max_bytes
+    }
+
     fn room_made(&self) {
         self.not_full.notify_waiters();
         if let Some(spool) = &self.spool {
@@ -491,4 +530,70 @@ fn continue_after_linger(
     queue.metrics.queue_depth.set(state.events.len() as f64);
     drop(state);
     queue.room_made();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: usize) -> Arc<Event> {
+        let payload = format!(
+            r#"{{"event_id":"e{id}","user_id":"u","event_type":"t","timestamp":1,"data":{{"pad":"{}"}}}}"#,
+            "x".repeat(200)
+        );
+        Arc::new(
+            crate::event::decode(
+                bytes::Bytes::from(payload),
+                Arc::from("c"),
+                64 * 1024,
+                chrono::Utc::now(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn ids(queue: &SinkQueue) -> Vec<String> {
+        let state = queue.state.lock().unwrap();
+        state
+            .events
+            .iter()
+            .map(|event| event.event_id.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn max_bytes_bounds_the_queue_before_capacity_does() {
+        let resident = event(0).resident_bytes();
+        let queue = SinkQueue::new(
+            1_000,
+            3 * resident,
+            WhenFull::DropOldest,
+            SinkMetrics::new("p", "s", "blackhole"),
+        );
+        queue.push_many((0..4).map(event).collect()).await;
+        queue.push(event(4)).await;
+        assert_eq!(
+            ids(&queue),
+            ["e2", "e3", "e4"],
+            "held by bytes, oldest dropped"
+        );
+        assert_eq!(queue.state.lock().unwrap().resident, 3 * resident);
+
+        let batch = BatchConfig {
+            max_events: 2,
+            ..BatchConfig::default()
+        };
+        let taken = queue.next_batch(&batch).await.unwrap();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(queue.state.lock().unwrap().resident, resident);
+        // A single event larger than max_bytes still gets into an empty queue.
+        let small = SinkQueue::new(
+            10,
+            resident / 2,
+            WhenFull::DropOldest,
+            SinkMetrics::new("p", "s2", "blackhole"),
+        );
+        small.push(event(9)).await;
+        assert_eq!(ids(&small), ["e9"]);
+    }
 }

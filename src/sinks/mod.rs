@@ -204,6 +204,15 @@ impl SinkConfig {
                 "must be at least 1".to_string(),
             ));
         }
+        if self.queue.max_bytes.as_u64() < 64 * 1024 {
+            problems.push((
+                "queue.max_bytes".to_string(),
+                format!(
+                    "{} is too small: use at least \"64KiB\" (default \"32MiB\")",
+                    self.queue.max_bytes
+                ),
+            ));
+        }
         if self.max_in_flight == 0 {
             problems.push((
                 "max_in_flight".to_string(),

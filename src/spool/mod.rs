@@ -327,14 +327,15 @@ impl Spool {
         true
     }
 
-    /// Reads up to `max` events, in order, from where the reader is. Empty when nothing
+    /// Reads up to `max` events and, past the first, up to `max_resident` bytes of them
+    /// ([`Event::resident_bytes`]), in order, from where the reader is. Empty when nothing
     /// more is readable now (the writer may still publish more).
-    pub async fn read(self: &Arc<Self>, max: usize) -> Vec<Arc<Event>> {
+    pub async fn read(self: &Arc<Self>, max: usize, max_resident: usize) -> Vec<Arc<Event>> {
         let mut guard = self.reader.lock().await;
         let mut state = guard.take();
         let spool = Arc::clone(self);
         let joined = tokio::task::spawn_blocking(move || {
-            let events = spool.read_blocking(&mut state, max);
+            let events = spool.read_blocking(&mut state, max, max_resident);
             (state, events)
         })
         .await;
@@ -350,11 +351,17 @@ impl Spool {
         }
     }
 
-    fn read_blocking(&self, current: &mut Option<ReaderState>, max: usize) -> Vec<Arc<Event>> {
-        let mut events = Vec::new();
+    fn read_blocking(
+        &self,
+        current: &mut Option<ReaderState>,
+        max: usize,
+        max_resident: usize,
+    ) -> Vec<Arc<Event>> {
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut resident = 0usize;
         let mut corrupt_regions = 0u64;
         let mut skipped_bytes = 0u64;
-        while events.len() < max {
+        while events.len() < max && (events.is_empty() || resident < max_resident) {
             if !self.open_next_segment(current, &mut corrupt_regions) {
                 break;
             }
@@ -368,7 +375,10 @@ impl Spool {
             };
             match state.reader.next(limit) {
                 Ok(Some(segment::Item::Record(record))) => match rebuild(record, state) {
-                    Some(event) => events.push(event),
+                    Some(event) => {
+                        resident += event.resident_bytes();
+                        events.push(event);
+                    }
                     None => corrupt_regions += 1,
                 },
                 Ok(Some(segment::Item::Skipped { bytes })) => {
