@@ -773,6 +773,7 @@ class Bench:
                if "__SINKS__" not in key or f"__SINKS__{sink.upper()}__" in key}
         # A queue that holds the whole run: the sink is fed from memory, not from the spool.
         env[f"INGESTD_PIPELINES__ANALYTICS__SINKS__{sink.upper()}__QUEUE__CAPACITY"] = str(count + 10_000)
+        env[f"INGESTD_PIPELINES__ANALYTICS__SINKS__{sink.upper()}__QUEUE__MAX_BYTES"] = "8GiB"
         control = server.client()
         control.command("CONFIG", "SET", "client-output-buffer-limit", "pubsub 0 0 0")
         control.close()
