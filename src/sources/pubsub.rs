@@ -70,13 +70,14 @@ impl PubSubSource {
             redis::ConnectionAddr::TcpTls { .. } => Some(redis_client::tls_config(&self.redis)?),
             _ => None,
         };
-        let endpoint = Endpoint {
+        let endpoint = Arc::new(Endpoint {
             info,
             tls,
             connect_timeout: CONNECT_TIMEOUT,
-        };
-        let channels = self.router.channels();
-        let patterns = self.router.patterns();
+        });
+        let channels: Arc<[String]> = self.router.channels().into();
+        let patterns: Arc<[String]> = self.router.patterns().into();
+        let reader_runtime = ReaderRuntime::new()?;
         let mut delays = self.new_backoff();
         let mut counters: HashMap<Bytes, ChannelCounters> = HashMap::new();
         // Kept across sessions: numbers published while disconnected are gaps too.
@@ -86,11 +87,22 @@ impl PubSubSource {
             .enabled
             .then(|| SequenceGaps::new(&self.source.sequence, SOURCE));
         loop {
+            // On the reader's runtime: the socket belongs to the runtime it was made on.
+            let mut connecting = reader_runtime.handle().spawn({
+                let (endpoint, channels, patterns) =
+                    (endpoint.clone(), channels.clone(), patterns.clone());
+                async move { Subscriber::connect(&endpoint, &channels, &patterns).await }
+            });
             let connected = tokio::select! {
                 // Shutdown first: a connect attempt must never delay stopping.
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                connected = Subscriber::connect(&endpoint, &channels, &patterns) => connected,
+                _ = shutdown.cancelled() => {
+                    connecting.abort();
+                    return Ok(());
+                }
+                connected = &mut connecting => connected.unwrap_or_else(|error| {
+                    Err(WireError::Protocol(format!("connect task failed: {error}")))
+                }),
             };
             let subscriber = match connected {
                 Ok(subscriber) => subscriber,
@@ -117,7 +129,13 @@ impl PubSubSource {
             // The connection proved healthy: the next outage starts from the shortest delay.
             delays = self.new_backoff();
             let end = self
-                .read_session(subscriber, &mut counters, &mut sequences, &shutdown)
+                .read_session(
+                    reader_runtime.handle(),
+                    subscriber,
+                    &mut counters,
+                    &mut sequences,
+                    &shutdown,
+                )
                 .await;
             metrics::source_subscribed(SOURCE, false);
             self.readiness.source_ready.store(false, Ordering::Release);
@@ -144,6 +162,7 @@ impl PubSubSource {
     /// `shutdown`; what was read by then is decoded too.
     async fn read_session(
         &self,
+        reader_runtime: &tokio::runtime::Handle,
         subscriber: Subscriber,
         counters: &mut HashMap<Bytes, ChannelCounters>,
         sequences: &mut Option<SequenceGaps>,
@@ -158,7 +177,7 @@ impl PubSubSource {
             limit: self.source.read_buffer.as_u64() as usize,
             shed: HashMap::new(),
         };
-        let reader = tokio::spawn(reader.run(shutdown.clone()));
+        let reader = reader_runtime.spawn(reader.run(shutdown.clone()));
         let decoder = super::Decoder {
             dead_letters: &self.dead_letters,
             max_event_bytes: self.source.max_event_bytes.as_u64() as usize,
@@ -211,6 +230,37 @@ impl ChannelCounters {
             name: Arc::from(&*name),
             received,
             received_bytes,
+        }
+    }
+}
+
+/// The reader's own runtime, one thread: the OS schedules it beside the decoder and the
+/// sinks instead of the reader waiting for a turn on their workers. When the machine is
+/// saturated (publishers flat out on the same cores), a reader sharing their workers fell
+/// behind Redis often enough to be disconnected at the output-buffer limit.
+struct ReaderRuntime(Option<tokio::runtime::Runtime>);
+
+impl ReaderRuntime {
+    fn new() -> anyhow::Result<ReaderRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ingestd-pubsub-reader")
+            .enable_all()
+            .build()
+            .map_err(|error| anyhow::anyhow!("cannot start the pub/sub reader thread: {error}"))?;
+        Ok(ReaderRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime until dropped").handle()
+    }
+}
+
+impl Drop for ReaderRuntime {
+    fn drop(&mut self) {
+        // Dropped inside the main runtime, where a blocking shutdown is not allowed.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
