@@ -207,13 +207,7 @@ class Bench:
             cwd=os.path.join(self.workdir, name),
         ))
         process.http = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while not lib.http_ok(process.http + "/readyz"):
-            if not process.alive():
-                raise RuntimeError(f"ingestd ({name}) exited: see {self.workdir}/{name}/ingestd.log")
-            if time.time() > deadline:
-                raise RuntimeError(f"ingestd ({name}) not ready after 120 s")
-            time.sleep(0.1)
+        wait_ready(process, "/readyz", f"ingestd ({name})", f"{self.workdir}/{name}/ingestd.log")
         return process
 
     def start_benthos(self, name, env):
@@ -228,13 +222,7 @@ class Bench:
             log_path=os.path.join(self.workdir, f"{name}-benthos.log"),
         ))
         process.http = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while not lib.http_ok(process.http + "/ready"):
-            if not process.alive():
-                raise RuntimeError(f"benthos ({name}) exited: see {self.workdir}/{name}-benthos.log")
-            if time.time() > deadline:
-                raise RuntimeError(f"benthos ({name}) not ready after 120 s")
-            time.sleep(0.1)
+        wait_ready(process, "/ready", f"benthos ({name})", f"{self.workdir}/{name}-benthos.log")
         return process
 
     def wait_subscribed(self, server, channel, timeout=30):
@@ -1227,6 +1215,17 @@ def evaluate_targets(results):
         figure = unscraped["rss_growth_mib_per_min"]
         add("steady RSS with /metrics never scraped (MiB/min)", figure, "< 1", figure < 1)
     return targets
+
+
+def wait_ready(process, path, what, log_path, timeout=120):
+    """Waits until `process` answers 200 on `path`; fails if it exits or takes too long."""
+    deadline = time.time() + timeout
+    while not lib.http_ok(process.http + path):
+        if not process.alive():
+            raise RuntimeError(f"{what} exited: see {log_path}")
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout} s")
+        time.sleep(0.1)
 
 
 def prune_runs(work, keep):

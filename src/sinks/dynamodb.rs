@@ -845,7 +845,8 @@ async fn ensure_table(client: &Client, config: &DynamoConfig) -> anyhow::Result<
     wait_until_active(client, table, config.table_ready_timeout).await
 }
 
-async fn create_table(client: &Client, table: &str) -> anyhow::Result<()> {
+/// Creates the single table of DESIGN.md with its GSI1 (also used by bench/rawclients).
+pub async fn create_table(client: &Client, table: &str) -> anyhow::Result<()> {
     let attribute = |name: &str| {
         AttributeDefinition::builder()
             .attribute_name(name)

@@ -544,7 +544,8 @@ fn json_to_bson(value: &Value) -> Bson {
     }
 }
 
-async fn create_indexes(collection: &Collection<RawDocumentBuf>) -> Result<(), MongoError> {
+/// The two indexes of DESIGN.md on the events collection (also used by bench/rawclients).
+pub async fn create_indexes(collection: &Collection<RawDocumentBuf>) -> Result<(), MongoError> {
     let indexes = [
         IndexModel::builder()
             .keys(doc! { "user_id": 1, "timestamp": -1 })

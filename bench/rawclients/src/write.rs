@@ -10,19 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, PutRequest, ScalarAttributeType, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use chrono::Utc;
 use futures::StreamExt;
 use ingestd::event::Event;
-use mongodb::bson::{Bson, DateTime as BsonDateTime, Document, RawDocumentBuf, doc};
+use mongodb::bson::{DateTime as BsonDateTime, RawDocumentBuf};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::{Consistency, Statement};
-use serde_json::Value;
 
 use crate::payload::{Shape, check_name};
 use crate::progress;
@@ -143,52 +139,12 @@ where
 
 // --- mongodb: one document per event, insert_many unordered ---
 
-fn json_to_bson(value: &Value) -> Bson {
-    match value {
-        Value::Null => Bson::Null,
-        Value::Bool(boolean) => Bson::Boolean(*boolean),
-        Value::Number(number) => match number.as_i64() {
-            Some(integer) => match i32::try_from(integer) {
-                Ok(small) => Bson::Int32(small),
-                Err(_) => Bson::Int64(integer),
-            },
-            None => Bson::Double(number.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(text) => Bson::String(text.clone()),
-        Value::Array(items) => Bson::Array(items.iter().map(json_to_bson).collect()),
-        Value::Object(object) => Bson::Document(
-            object
-                .iter()
-                .map(|(key, value)| (key.clone(), json_to_bson(value)))
-                .collect(),
-        ),
-    }
-}
-
-fn mongo_document(event: &Event, ingested_at: BsonDateTime) -> anyhow::Result<RawDocumentBuf> {
-    let mut document = Document::new();
-    document.insert("_id", event.event_id.as_str());
-    document.insert("user_id", event.user_id.as_str());
-    document.insert("event_type", event.event_type.as_str());
-    document.insert(
-        "timestamp",
-        BsonDateTime::from_millis(event.timestamp.timestamp_millis()),
-    );
-    if let Some(amount) = event.amount {
-        document.insert("amount", amount);
-    }
-    document.insert("data", json_to_bson(&Value::Object(event.data.clone())));
-    document.insert("channel", &*event.channel);
-    document.insert("ingested_at", ingested_at);
-    Ok(RawDocumentBuf::from_document(&document)?)
-}
-
 async fn mongodb_loop(
     arguments: &WriteArgs,
     events: &[Arc<Event>],
     written: &Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
-    use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
+    use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
     let mut options = ClientOptions::parse(&arguments.mongo_uri).await?;
     options.app_name = Some("benchraw".to_string());
     let mut write_concern = WriteConcern::default();
@@ -199,30 +155,14 @@ async fn mongodb_loop(
         .database(&arguments.mongo_db)
         .collection::<RawDocumentBuf>(&arguments.mongo_collection);
     // The same two indexes ingestd creates: every insert maintains them.
-    collection
-        .create_indexes([
-            mongodb::IndexModel::builder()
-                .keys(doc! { "user_id": 1, "timestamp": -1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("user_id_1_timestamp_-1".to_string())
-                        .build(),
-                )
-                .build(),
-            mongodb::IndexModel::builder()
-                .keys(doc! { "event_type": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("event_type_1".to_string())
-                        .build(),
-                )
-                .build(),
-        ])
-        .await?;
+    ingestd::sinks::mongodb::create_indexes(&collection).await?;
     let ingested_at = BsonDateTime::now();
     let documents: Vec<RawDocumentBuf> = events
         .iter()
-        .map(|event| mongo_document(event, ingested_at))
+        .map(|event| {
+            ingestd::sinks::mongodb::event_document(event, ingested_at)
+                .map_err(|error| anyhow::anyhow!("{error}"))
+        })
         .collect::<anyhow::Result<_>>()?;
     let collection = &collection;
     let writes = documents
@@ -338,67 +278,13 @@ pub async fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&config)
 }
 
-async fn create_dynamo_table(client: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
-    let attribute_definition = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .expect("name and type are set")
-    };
-    let key = |name: &str, key_type: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(key_type)
-            .build()
-            .expect("name and type are set")
-    };
-    let index = GlobalSecondaryIndex::builder()
-        .index_name("GSI1")
-        .key_schema(key("GSI1PK", KeyType::Hash))
-        .key_schema(key("GSI1SK", KeyType::Range))
-        .projection(
-            Projection::builder()
-                .projection_type(ProjectionType::All)
-                .build(),
-        )
-        .build()?;
-    let created = client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute_definition("PK"))
-        .attribute_definitions(attribute_definition("SK"))
-        .attribute_definitions(attribute_definition("GSI1PK"))
-        .attribute_definitions(attribute_definition("GSI1SK"))
-        .key_schema(key("PK", KeyType::Hash))
-        .key_schema(key("SK", KeyType::Range))
-        .global_secondary_indexes(index)
-        .send()
-        .await;
-    match created {
-        Ok(_) => Ok(()),
-        Err(error)
-            if error
-                .as_service_error()
-                .is_some_and(|service| service.is_resource_in_use_exception()) =>
-        {
-            Ok(())
-        }
-        Err(error) => Err(anyhow::anyhow!(
-            "create table {table}: {}",
-            aws_sdk_dynamodb::error::DisplayErrorContext(&error)
-        )),
-    }
-}
-
 async fn dynamodb_loop(
     arguments: &WriteArgs,
     events: &[Arc<Event>],
     written: &Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
     let client = dynamo_client(&arguments.dynamo_endpoint).await;
-    create_dynamo_table(&client, &arguments.dynamo_table).await?;
+    ingestd::sinks::dynamodb::create_table(&client, &arguments.dynamo_table).await?;
     let ingested_at = ingestd::event::format_timestamp(&Utc::now());
     let requests: Vec<WriteRequest> = events
         .iter()
@@ -448,17 +334,27 @@ async fn dynamodb_loop(
 // The commands come from `ingestd::sinks::{leaderboard, rate_counter}::batch_pipeline`
 // (the same scripts, keys and arguments as the sinks send), built before the clock starts.
 
+/// A connection with `script` loaded, as the sinks have it before their first batch.
+async fn script_connection(
+    url: &str,
+    script: &str,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::Script::new(script)
+        .load_async(&mut connection)
+        .await?;
+    Ok(connection)
+}
+
 async fn leaderboard_loop(
     arguments: &WriteArgs,
     events: &[Arc<Event>],
     written: &Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
     use ingestd::sinks::leaderboard::{self, BoardConfig, LeaderboardConfig, Score};
-    let client = redis::Client::open(arguments.redis_url.as_str())?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    redis::Script::new(leaderboard::LEADERBOARD_SCRIPT)
-        .load_async(&mut connection)
-        .await?;
+    let connection =
+        script_connection(&arguments.redis_url, leaderboard::LEADERBOARD_SCRIPT).await?;
     // The shipped pipeline's board (pipelines/analytics.toml), under this run's prefix.
     let config = LeaderboardConfig {
         boards: vec![BoardConfig {
@@ -486,11 +382,7 @@ async fn rate_counter_loop(
     written: &Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
     use ingestd::sinks::rate_counter::{self, RateCounterConfig};
-    let client = redis::Client::open(arguments.redis_url.as_str())?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    redis::Script::new(rate_counter::RATE_SCRIPT)
-        .load_async(&mut connection)
-        .await?;
+    let connection = script_connection(&arguments.redis_url, rate_counter::RATE_SCRIPT).await?;
     // The shipped pipeline's counter (pipelines/analytics.toml), under this run's prefix.
     let config = RateCounterConfig {
         key_prefix: arguments.key_prefix.clone(),
